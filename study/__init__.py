@@ -1,0 +1,1 @@
+"""prunestudy: hyperparameter-search studies of neural-network pruning methods."""

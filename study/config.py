@@ -1,0 +1,92 @@
+"""Typed settings: dataclasses whose defaults are the papers' settings, checked with precise errors.
+
+A trial's config is one flat dict: the common settings of `TrialConfig` plus those of its method's
+config class. Each field declares its help text and its admissible values (a closed range or a set
+of choices) once, in `setting(...)`; search spaces and `--set` are checked against the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the key and the value."""
+
+
+def setting(default: Any, help: str, low: float | None = None, high: float | None = None,
+            choices: tuple | None = None) -> Any:
+    """A dataclass field with its help and admissible values (low <= value <= high, or in choices)."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "low": low, "high": high, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Settings every trial has, whatever its method."""
+    method: str = setting("beta_vae", "pruning method (study.methods.METHODS)")
+    dataset: str = setting("mnist", "dataset name (study.data.DATASETS) or folder:PATH")
+    seed: int = setting(0, "seeds model init, batch order and sampling", low=0)
+    batch_size: int = setting(128, "training batch size (samples)", low=1)
+    eval_batch_size: int = setting(1024, "evaluation batch size (samples); no effect on results", low=1)
+    train_subset: int = setting(0, "train on this many samples of the training split (0: all)", low=0)
+    device: str = setting("auto", "auto: CUDA when the trial holds a GPU, else CPU",
+                          choices=("auto", "cpu", "cuda"))
+
+
+def fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def check_value(cls, key: str, value: Any) -> Any:
+    """Coerce `value` to the field's type and check it is admissible; returns the coerced value."""
+    field = fields(cls).get(key)
+    if field is None:
+        raise ConfigError(f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(fields(cls))}")
+    kind = get_type_hints(cls)[key]
+    meta = field.metadata
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            value = int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            value = float(value)
+        elif kind is str:
+            if not isinstance(value, str):
+                raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {key!r} must be {kind.__name__}, got {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"setting {key!r} must be finite, got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"setting {key!r} must be one of {list(meta['choices'])}, got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and value < low or high is not None and value > high:
+        raise ConfigError(f"setting {key!r} must be in [{low}, {high}], got {value!r}")
+    return value
+
+
+def build(cls, values: dict[str, Any]):
+    """An instance of `cls` from the keys of `values` it declares (checked); the rest are ignored."""
+    own = fields(cls)
+    return cls(**{k: check_value(cls, k, v) for k, v in values.items() if k in own})
+
+
+def describe(cls) -> str:
+    """One line per setting: name, default, admissible values, help."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        allowed = (f" in {list(m['choices'])}" if m.get("choices") else
+                   f" in [{m.get('low')}, {m.get('high')}]" if m.get("low") is not None or m.get("high")
+                   is not None else "")
+        lines.append(f"  {f.name} = {f.default!r}{allowed}: {m.get('help', '')}")
+    return "\n".join(lines)

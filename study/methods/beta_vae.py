@@ -1,0 +1,166 @@
+"""beta_vae: Beta-VAE with a classifier head, then per-layer low-magnitude pruning (shneider2023).
+
+Schedule (paper Section III): `epochs` with all three loss terms (Eq. 3); the decoder is removed
+and `head_epochs` train the inference model (encoder -> mean -> head) on cross-entropy; then, if
+`sparsity > 0`, every conv and linear weight of the inference model is pruned to `sparsity` by
+magnitude *within its layer* (Keras' prune_low_magnitude with a constant schedule is per layer) and
+`prune_epochs` fine-tune it with the masks held. Each phase starts a fresh Adam, as recompiling a
+Keras model does. Variant `cnn` is the paper's CNN-Classif baseline: same encoder and head,
+cross-entropy only, no decoder, no KL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from study.config import setting
+from study.data import batches
+from study.methods.base import Batches, DataInfo
+from study.models import BetaVAEClassifier, beta_vae_hidden
+from study.sparsity import PRUNABLE
+
+
+@dataclass(frozen=True)
+class BetaVAEConfig:
+    variant: str = setting("vae", "vae: Beta-VAE-Classif; cnn: the CNN-Classif baseline",
+                           choices=("vae", "cnn"))
+    beta: float = setting(1.0, "weight of the KL term (Eq. 1); the paper tries 1, 3, 5, 10", low=0.0)
+    latent_dim: int = setting(2, "size of the latent z (Keras' VAE example: 2)", low=1, high=1024)
+    encoder_hidden: int = setting(0, "units of the encoder's dense layer; 0: paper-sized for the "
+                                  "input (16 on 28x28: 69k params, 700 on 32x32x3: 2.9M)", low=0)
+    lr: float = setting(1e-3, "Adam learning rate", low=1e-7, high=1.0)
+    epochs: int = setting(30, "epochs of the full loss (KL + reconstruction + cross-entropy)", low=0)
+    head_epochs: int = setting(2, "epochs of cross-entropy after the decoder is removed", low=0)
+    sparsity: float = setting(0.5, "fraction of every conv/linear weight pruned, per layer "
+                              "(0: no pruning)", low=0.0, high=0.999)
+    prune_epochs: int = setting(2, "fine-tuning epochs with the masks held", low=0)
+    active_threshold: float = setting(0.01, "a latent dim is active when Var_x(E[z|x]) exceeds this "
+                                      "(Burda et al. 2016)", low=0.0)
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per sample and latent dimension (the KL term of Eq. 1)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def active_units(mu: torch.Tensor, threshold: float) -> int:
+    """Burda et al. (2016): dimension j is active when Var over the data of E[z_j|x] > threshold."""
+    return int((mu.var(dim=0) > threshold).sum())
+
+
+def prune_per_layer(model: nn.Module, amount: float) -> None:
+    """Zero the `amount` fraction of smallest-magnitude weights in every conv and linear layer,
+    separately per layer; masks stay applied through training (torch.nn.utils.prune)."""
+    for module in model.modules():
+        if isinstance(module, PRUNABLE):
+            prune.l1_unstructured(module, "weight", amount=amount)
+
+
+class BetaVAE:
+    Config = BetaVAEConfig
+
+    def __init__(self, config: BetaVAEConfig, data: DataInfo, device: torch.device):
+        self.cfg = config
+        self.device = device
+        hidden = config.encoder_hidden or beta_vae_hidden(data.input_shape)
+        self.model = BetaVAEClassifier(data.input_shape, data.num_classes, config.latent_dim, hidden,
+                                       data.mean, data.std,
+                                       with_decoder=config.variant == "vae").to(device)
+        self.pruned = False
+        self.optimizer = self._new_optimizer()
+
+    def schedule(self) -> list[tuple[str, int]]:
+        prune_epochs = self.cfg.prune_epochs if self.cfg.sparsity > 0 else 0
+        return [("train", self.cfg.epochs), ("head", self.cfg.head_epochs), ("prune", prune_epochs)]
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+
+    def _prune(self) -> None:
+        prune_per_layer(self.inference_model(), self.cfg.sparsity)
+        self.pruned = True
+
+    def begin_phase(self, phase: str) -> None:
+        if phase == "head":
+            self.model.remove_decoder()
+        elif phase == "prune":
+            self.model.remove_decoder()  # also when head_epochs = 0
+            self._prune()
+        self.optimizer = self._new_optimizer()
+
+    def train_epoch(self, phase: str, batches: Batches) -> dict[str, float]:
+        full_loss = phase == "train" and self.model.decoder is not None
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for x, y in batches:
+            if full_loss:
+                mu, logvar = self.model.encode(x)
+                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparametrization trick
+                ce = F.cross_entropy(self.model.head(z), y)  # Eq. 2, classifier on the sample
+                recon = F.binary_cross_entropy_with_logits(  # -E[log p(x|z)] of Eq. 1, per image
+                    self.model.decoder(z), x, reduction="sum") / len(x)
+                kl = kl_per_dim(mu, logvar).sum(dim=1).mean()
+                loss = self.cfg.beta * kl + recon + ce  # Eq. 3
+                terms = {"loss": loss, "train/ce": ce, "train/recon": recon, "train/kl": kl}
+            else:
+                ce = F.cross_entropy(self.inference_model()(x), y)
+                terms = {"loss": ce, "train/ce": ce}
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            self.optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
+            n += len(x)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def finish(self) -> dict[str, float]:
+        if self.cfg.sparsity > 0 and not self.pruned:  # prune_epochs = 0: prune, no fine-tuning
+            self.model.remove_decoder()
+            self._prune()
+        return {}
+
+    def inference_model(self) -> nn.Module:
+        return self.model.inference_model()
+
+    @torch.no_grad()
+    def diagnostics(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.model.eval()
+        mus, logvars, recon = [], [], 0.0
+        for xb, _ in batches(x, y, 1024):
+            mu, logvar = self.model.encode(xb)
+            mus.append(mu.float())
+            if logvar is not None:
+                logvars.append(logvar.float())
+                recon += float(F.binary_cross_entropy_with_logits(
+                    self.model.decoder(mu), xb, reduction="sum"))
+        mu = torch.cat(mus)
+        out = {"vae/active_units": active_units(mu, self.cfg.active_threshold)}
+        if logvars:  # the posterior's variance exists only while the VAE is whole
+            kl = kl_per_dim(mu, torch.cat(logvars)).mean(dim=0)
+            out["vae/kl"] = float(kl.sum())
+            out["vae/recon"] = recon / len(mu)
+            out.update({f"vae/kl_per_dim/{j}": float(v) for j, v in enumerate(kl)})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "decoder_removed": self.model.decoder is None and self.cfg.variant == "vae",
+                "pruned": self.pruned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["decoder_removed"]:
+            self.model.remove_decoder()
+        if state["pruned"]:  # recreate the mask buffers, then load their values
+            for module in self.inference_model().modules():
+                if isinstance(module, PRUNABLE):
+                    prune.identity(module, "weight")
+            self.pruned = True
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])

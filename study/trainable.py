@@ -1,0 +1,191 @@
+"""The one trainable every method runs in.
+
+`run_trial` is the Ray Tune function trainable; `train` is the same loop with its reporting and
+checkpoint source passed in, so `python -m study.train` and tests run exactly what a search runs.
+The trainable owns everything common: config checks, seeding, data on the device, the epoch loop,
+validation accuracy, the independent size count, per-epoch checkpoints and the final test.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from study import config as cfgmod
+from study.config import ConfigError, TrialConfig
+from study.data import Dataset, batches, load_dataset
+from study.methods import METHODS
+from study.methods.base import DataInfo
+from study.sparsity import DenseReference, size_metrics
+
+STATE_FILE = "state.pt"
+Report = Callable[[dict[str, Any], Path], None]  # (metrics, folder holding this epoch's state)
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def parse_config(config: dict[str, Any]) -> tuple[TrialConfig, Any]:
+    """Split a flat trial config into (TrialConfig, the method's config); any unknown key, bad type
+    or out-of-range value raises ConfigError naming it."""
+    method = config.get("method", TrialConfig.method)
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    method_cls = METHODS[method].Config
+    known = set(cfgmod.fields(TrialConfig)) | set(cfgmod.fields(method_cls))
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r} for method {method}; known: "
+                          f"{', '.join(sorted(known))}")
+    trial = cfgmod.build(TrialConfig, config)
+    return trial, cfgmod.build(method_cls, config)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(), "batches": batch_rng.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any], batch_rng: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    batch_rng.set_state(state["batches"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trial_resources() -> tuple[float, float]:
+    """(CPUs, GPUs) Ray gave this trial; outside Ray, the whole machine."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            res = ray.get_runtime_context().get_assigned_resources()
+            return res.get("CPU", 1.0), res.get("GPU", 0.0)
+    except Exception:  # not inside a Ray worker
+        pass
+    return float(os.cpu_count() or 1), float(torch.cuda.device_count())
+
+
+def _device(choice: str, gpus: float) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and gpus > 0 and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Fraction of correctly classified samples (eval mode; a pure function of weights and data)."""
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(xb).argmax(dim=1) == yb).sum()) for xb, yb in batches(x, y, batch_size))
+    model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+def _phase_at(schedule: list[tuple[str, int]], epoch: int) -> tuple[str, bool]:
+    """(phase of 0-based `epoch`, whether it is the phase's first epoch)."""
+    start = 0
+    for phase, n in schedule:
+        if epoch < start + n:
+            return phase, epoch == start
+        start += n
+    raise IndexError(epoch)
+
+
+def train(config: dict[str, Any], data: Dataset | None, report: Report,
+          resume: dict[str, Any] | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Run one trial: every epoch trains, evaluates, counts, checkpoints and reports; the last
+    report also holds `test_accuracy`. `resume` is a state saved by an earlier epoch's report."""
+    trial, method_cfg = parse_config(config)
+    cpus, gpus = _trial_resources()
+    torch.set_num_threads(max(1, int(cpus)))  # Ray may pass a stale thread count
+    device = _device(trial.device, gpus)
+    if data is None:
+        data = load_dataset(trial.dataset, data_dir)
+    data = data.subset_train(trial.train_subset).to(device)
+    seed_everything(trial.seed)
+    info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
+    method = METHODS[trial.method](method_cfg, info, device)
+    schedule = [(p, n) for p, n in method.schedule() if n > 0]
+    total = sum(n for _, n in schedule)
+    if total == 0:
+        raise ConfigError(f"method {trial.method} has no epoch to run: its schedule is {method.schedule()}")
+    dense = DenseReference.of(method.inference_model(), data.input_shape)
+    batch_rng = torch.Generator().manual_seed(trial.seed)
+    start = 0
+    if resume is not None:
+        method.load_state_dict(resume["method"])
+        dense = DenseReference(**resume["dense"])
+        _set_rng_state(resume["rng"], batch_rng)
+        start = resume["epoch"]
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    metrics: dict[str, Any] = {}
+    for epoch in range(start, total):
+        phase, first = _phase_at(schedule, epoch)
+        if first:
+            method.begin_phase(phase)
+        t0 = time.perf_counter()
+        with autocast:
+            terms = method.train_epoch(phase, batches(data.train_x, data.train_y, trial.batch_size,
+                                                      batch_rng))
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(terms["loss"]):
+            raise DivergedError(f"loss is {terms['loss']} at epoch {epoch + 1} ({phase})")
+        last = epoch == total - 1
+        with autocast:
+            extra = method.finish() if last else {}
+            model = method.inference_model()
+            metrics = {"epoch": epoch + 1, "phase": phase, "epoch_seconds": seconds, **terms,
+                       "val_accuracy": accuracy(model, data.val_x, data.val_y, trial.eval_batch_size),
+                       **size_metrics(model, dense, data.input_shape),
+                       **method.diagnostics(phase, data.val_x, data.val_y), **extra}
+            if last:  # measured once, at the end; only reported, never optimized
+                metrics["test_accuracy"] = accuracy(model, data.test_x, data.test_y,
+                                                    trial.eval_batch_size)
+        state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
+                 "dense": vars(dense), "config": dict(config)}
+        with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            report(metrics, Path(d))
+    return metrics
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def run_trial(config: dict[str, Any], data: Dataset | None = None) -> None:
+    """Ray Tune function trainable: resumes from Tune's checkpoint when there is one."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_state(d)
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    train(config, data, report, resume)
