@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -101,6 +100,10 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
     return searcher
 
 
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
 def init_ray(address: str | None, env: dict[str, str]) -> None:
     import ray
 
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             trainable, param_space=space.fixed,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=args.num_samples,
                                         max_concurrent_trials=args.max_concurrent or None,
-                                        reuse_actors=True),
+                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage_dir), verbose=1,
                 callbacks=[tracking.logger_callback(study_dir, name, args.method, dataset_name)],
@@ -194,5 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # every epoch checkpoints (num_to_keep=1 forces an experiment snapshot each time): by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     sys.exit(main())

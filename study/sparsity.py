@@ -20,17 +20,19 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter as the forward pass sees it: pruned tensors with their masks applied."""
     out = {}
     for mod_name, module in model.named_modules():
-        for name, _ in module.named_parameters(recurse=False):
-            # torch.nn.utils.prune keeps `<name>_orig` and recomputes `<name>` = orig * mask
-            name = name[:-len("_orig")] if name.endswith("_orig") else name
-            out[f"{mod_name}.{name}" if mod_name else name] = getattr(module, name).detach()
+        for name, param in module.named_parameters(recurse=False):
+            if name.endswith("_orig"):  # torch.nn.utils.prune: <name> = <name>_orig * <name>_mask,
+                name = name[:-len("_orig")]  # recomputed only at the next forward: use the source
+                param = param * getattr(module, f"{name}_mask")
+            out[f"{mod_name}.{name}" if mod_name else name] = param.detach()
     return out
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The effective weight of every conv and linear layer (biases excluded)."""
-    return {f"{n}.weight" if n else "weight": m.weight.detach()
-            for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    prunable = {f"{n}.weight" if n else "weight" for n, m in model.named_modules()
+                if isinstance(m, PRUNABLE)}
+    return {k: v for k, v in effective_parameters(model).items() if k in prunable}
 
 
 def macs_per_sample(model: nn.Module, input_shape: tuple[int, ...], nonzero_only: bool) -> int:

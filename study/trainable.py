@@ -74,7 +74,7 @@ def _set_rng_state(state: dict[str, Any], batch_rng: torch.Generator) -> None:
 
 
 def _trial_resources() -> tuple[float, float]:
-    """(CPUs, GPUs) Ray gave this trial; outside Ray, the whole machine."""
+    """(CPUs, GPUs) Ray gave this trial; outside Ray, OMP_NUM_THREADS or the whole machine."""
     try:
         import ray
 
@@ -83,7 +83,7 @@ def _trial_resources() -> tuple[float, float]:
             return res.get("CPU", 1.0), res.get("GPU", 0.0)
     except Exception:  # not inside a Ray worker
         pass
-    return float(os.cpu_count() or 1), float(torch.cuda.device_count())
+    return float(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
 def _device(choice: str, gpus: float) -> torch.device:

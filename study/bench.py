@@ -1,0 +1,113 @@
+"""`python -m study.bench ...`: figures, printed (speed and paper comparisons are never timed tests).
+
+    python -m study.bench epoch --method beta_vae --set variant=vae      # seconds per epoch
+    python -m study.bench beta-vae-table --rows cnn vae-1 vae-5          # shneider2023 Table I
+
+Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from study.data import default_data_dir, load_dataset
+from study.methods import METHODS
+from study.methods.base import DataInfo
+from study.spaces import parse_assignment
+from study.trainable import accuracy, load_state, parse_config, train
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    return dict(parse_assignment(p) for p in pairs)
+
+
+def bench_epoch(args: argparse.Namespace) -> None:
+    """Training seconds per epoch (evaluation excluded); the first epoch is warm-up."""
+    config = {"method": args.method, "dataset": args.dataset, **_settings(args.set)}
+    data = load_dataset(args.dataset, args.data_dir)
+    seconds: list[float] = []
+    train(config, data, lambda m, _: seconds.append(m["epoch_seconds"]))
+    timed = seconds[1:] or seconds
+    print(f"{args.method} {config} on {args.dataset} ({len(data.train_y)} training samples, "
+          f"{torch.get_num_threads()} threads): {statistics.median(timed):.2f} s/epoch "
+          f"(median of {len(timed)} after warm-up; all: {[round(s, 2) for s in seconds]})")
+
+
+# shneider2023 Table I, MNIST: (accuracy unpruned, accuracy at 50% sparsity), percent
+PAPER_TABLE_I = {"cnn": (98.19, 97.29), "vae-1": (96.32, 90.02), "vae-3": (95.34, 92.52),
+                 "vae-5": (96.86, 96.15), "vae-10": (95.67, 95.86)}
+
+
+def _row_config(row: str, seed: int) -> dict[str, Any]:
+    variant, _, beta = row.partition("-")
+    config = {"method": "beta_vae", "dataset": "mnist", "variant": variant, "seed": seed,
+              "epochs": 30, "head_epochs": 2, "prune_epochs": 2, "sparsity": 0.5}
+    if beta:
+        config["beta"] = float(beta)
+    return config
+
+
+def _table_row(config: dict[str, Any], data) -> dict[str, Any]:
+    """One run of the paper's schedule: test accuracy before pruning (from the checkpoint of the
+    last head epoch) and at the end, after pruning and fine-tuning."""
+    trial, method_cfg = parse_config(config)
+    unpruned_epoch = method_cfg.epochs + method_cfg.head_epochs
+    found: dict[str, float] = {}
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        if metrics["epoch"] == unpruned_epoch:
+            method = METHODS[trial.method](method_cfg, DataInfo(
+                data.input_shape, data.num_classes, data.mean, data.std), torch.device("cpu"))
+            method.load_state_dict(load_state(folder)["method"])
+            found["test_unpruned"] = accuracy(method.inference_model(), data.test_x, data.test_y, 1024)
+            found["bytes_unpruned"] = metrics["compressed_bytes"]
+
+    t0 = time.time()
+    final = train(config, data, report)
+    return {**found, "test_pruned": final["test_accuracy"], "sparsity": final["sparsity"],
+            "bytes_pruned": final["compressed_bytes"], "minutes": (time.time() - t0) / 60}
+
+
+def bench_beta_vae_table(args: argparse.Namespace) -> None:
+    """shneider2023 Table I rows with the paper's schedule (30 + 2 + 2 epochs) on MNIST."""
+    data = load_dataset("mnist", args.data_dir)
+    out = []
+    for row in args.rows:
+        for seed in range(args.seeds):
+            config = {**_row_config(row, seed), **_settings(args.set)}
+            result = {"row": row, "seed": seed, **_table_row(config, data),
+                      "paper": PAPER_TABLE_I.get(row)}
+            print(json.dumps(result), flush=True)
+            out.append(result)
+    if args.out:
+        Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None)
+    sub = p.add_subparsers(dest="bench", required=True)
+    e = sub.add_parser("epoch", help="seconds per training epoch")
+    e.add_argument("--method", default="beta_vae", choices=sorted(METHODS))
+    e.add_argument("--dataset", default="mnist")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t = sub.add_parser("beta-vae-table", help="shneider2023 Table I (MNIST) with the paper's schedule")
+    t.add_argument("--rows", nargs="+", default=list(PAPER_TABLE_I), choices=list(PAPER_TABLE_I))
+    t.add_argument("--seeds", type=int, default=1)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--out", help="also write the rows as JSON lines here")
+    args = p.parse_args(argv)
+    args.data_dir = args.data_dir or default_data_dir()
+    {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table}[args.bench](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

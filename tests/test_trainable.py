@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+
+from study.config import ConfigError
+from study.trainable import load_state, parse_config, train
+from tests.conftest import tiny_config
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _run(config, data, stop_after=None, resume=None):
+    reports, states = [], []
+
+    def report(metrics, folder):
+        reports.append(metrics)
+        states.append(load_state(folder))
+        if metrics["epoch"] == stop_after:
+            raise Interrupt
+
+    try:
+        train(config, data, report, resume=resume)
+    except Interrupt:
+        pass
+    return reports, states
+
+
+def _same(a, b):
+    skip = {"epoch_seconds"}
+    assert a.keys() == b.keys()
+    for k in a:
+        if k not in skip:
+            assert a[k] == b[k], k
+
+
+def test_same_config_and_seed_give_the_same_metrics(mnist):
+    config = tiny_config(epochs=1, head_epochs=0, prune_epochs=1)
+    a, _ = _run(config, mnist)
+    b, _ = _run(config, mnist)
+    for x, y in zip(a, b, strict=True):
+        _same(x, y)
+    c, _ = _run({**config, "seed": 1}, mnist)
+    assert c[-1]["val_accuracy"] != a[-1]["val_accuracy"] or c[-1]["loss"] != a[-1]["loss"]
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])  # mid-phase sequence and at a phase boundary
+def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(mnist, stop_after):
+    config = tiny_config(epochs=2, head_epochs=1, prune_epochs=1)
+    whole, _ = _run(config, mnist)
+    first, states = _run(config, mnist, stop_after=stop_after)
+    assert len(first) == stop_after
+    rest, _ = _run(config, mnist, resume=states[-1])
+    assert [m["epoch"] for m in rest] == list(range(stop_after + 1, 5))  # no epoch redone
+    for x, y in zip(whole, first + rest, strict=True):
+        _same(x, y)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"method": "nope"}, "unknown method 'nope'"),
+    ({"method": "beta_vae", "bogus": 1}, "unknown setting 'bogus'"),
+    ({"method": "beta_vae", "beta": -1.0}, "'beta' must be in [0.0, None], got -1.0"),
+    ({"method": "beta_vae", "sparsity": 1.5}, "'sparsity' must be in"),
+    ({"method": "beta_vae", "latent_dim": 2.5}, "'latent_dim' must be int"),
+    ({"method": "beta_vae", "variant": "gan"}, "'variant' must be one of"),
+    ({"method": "beta_vae", "lr": float("nan")}, "'lr' must be finite"),
+    ({"method": "beta_vae", "device": "tpu"}, "'device' must be one of"),
+])
+def test_bad_settings_are_errors_naming_the_key(config, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(config)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_schedule_without_epochs_is_refused(mnist):
+    with pytest.raises(ConfigError, match="no epoch to run"):
+        train(tiny_config(epochs=0, head_epochs=0, prune_epochs=0), mnist, lambda m, d: None)
