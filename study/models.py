@@ -68,3 +68,123 @@ def beta_vae_hidden(input_shape: tuple[int, int, int]) -> int:
     700 gives ~2.9M on 32x32x3, the paper's CIFAR-10 size."""
     c, h, w = input_shape
     return 16 if h * w * c <= 28 * 28 else 700
+
+
+# --- classifiers by name: features (conv part, may be empty) then a head of Linear/ReLU layers ---
+
+class FeaturesHead(nn.Module):
+    """`head(features(x))`. The head is an nn.Sequential of Linear and ReLU layers, so methods that
+    remove neurons (importance) rebuild its hidden Linear layers; `features` ends flattened."""
+
+    def __init__(self, features: nn.Sequential, head: nn.Sequential):
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _mlp_head(sizes: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def mlp(input_shape, num_classes, mean, std, hidden: Sequence[int]) -> FeaturesHead:
+    c, h, w = input_shape
+    return FeaturesHead(nn.Sequential(Normalize(mean, std), nn.Flatten()),
+                        _mlp_head([c * h * w, *hidden, num_classes]))
+
+
+def conv4(input_shape, num_classes, mean, std) -> FeaturesHead:
+    """Frankle & Carbin's Conv-4: 64-64-pool-128-128-pool, then FC 256-256-classes (2.4M params
+    on 32x32x3; dupont2021's CIFAR-10 Conv4). 28x28 inputs give a 7x7x128 feature map."""
+    c, h, w = input_shape
+
+    def conv(a, b):
+        return [nn.Conv2d(a, b, 3, padding=1), nn.ReLU()]
+
+    features = nn.Sequential(Normalize(mean, std), *conv(c, 64), *conv(64, 64), nn.MaxPool2d(2),
+                             *conv(64, 128), *conv(128, 128), nn.MaxPool2d(2), nn.Flatten())
+    return FeaturesHead(features, _mlp_head([128 * (h // 4) * (w // 4), 256, 256, num_classes]))
+
+
+def reddy_cnn(input_shape, num_classes, mean, std) -> FeaturesHead:
+    """reddy's CIFAR CNN: two conv blocks to a 2048-wide fully connected input (32 channels at
+    8x8 on 32x32 inputs), then three hidden layers halving it, then the classes."""
+    c, h, w = input_shape
+    features = nn.Sequential(
+        Normalize(mean, std),
+        nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+    return FeaturesHead(features, _mlp_head([32 * (h // 4) * (w // 4), 1024, 512, 256, num_classes]))
+
+
+_VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"]
+
+
+def vgg19(input_shape, num_classes, mean, std) -> FeaturesHead:
+    """VGG19 in its CIFAR form: 16 3x3 convs with batch norm, five max-pools, one linear layer."""
+    c, h, w = input_shape
+    layers: list[nn.Module] = [Normalize(mean, std)]
+    for v in _VGG19:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+            c = v
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return FeaturesHead(nn.Sequential(*layers), nn.Sequential(nn.Linear(512, num_classes)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, a: int, b: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(a, b, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(b)
+        self.conv2 = nn.Conv2d(b, b, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(b)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or a != b:
+            self.shortcut = nn.Sequential(nn.Conv2d(a, b, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18(input_shape, num_classes, mean, std) -> FeaturesHead:
+    """ResNet18 in its CIFAR form: a 3x3 stem without max-pool, four stages of two basic blocks."""
+    c = input_shape[0]
+    layers: list[nn.Module] = [Normalize(mean, std), nn.Conv2d(c, 64, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(64), nn.ReLU()]
+    a = 64
+    for b, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(a, b, stride), BasicBlock(b, b, 1)]
+        a = b
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return FeaturesHead(nn.Sequential(*layers), nn.Sequential(nn.Linear(512, num_classes)))
+
+
+MODELS = {
+    "lenet300": lambda s, n, m, d: mlp(s, n, m, d, hidden=(300, 100)),  # LeNet-300-100
+    "mlp50_30": lambda s, n, m, d: mlp(s, n, m, d, hidden=(50, 30)),  # reddy's MNIST MLP
+    "conv4": conv4,
+    "reddy_cnn": reddy_cnn,
+    "vgg19": vgg19,
+    "resnet18": resnet18,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                mean: Sequence[float], std: Sequence[float]) -> FeaturesHead:
+    """A classifier by name (MODELS); inputs are images in [0, 1]."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name](input_shape, num_classes, mean, std)
