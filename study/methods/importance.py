@@ -1,0 +1,330 @@
+"""importance: neural importance-based train-time pruning with real neuron removal (reddy, Alg. 1).
+
+Neurons are the outputs of the hidden Linear layers of a model's head (every head Linear but the
+last; the first one's *input*, e.g. conv features, is never pruned). Schedule:
+
+    warmup (warmup_epochs)       plain training ("until the network attains initial maturity")
+    round1 (1 + recovery_epochs) epoch 1 trains while measuring every sample's contributions
+                                 (Alg. 1 steps 2-8), then ranks and removes the bottom neurons of
+                                 each layer (steps 9-18); the other epochs recover (step 20)
+    round2 ... roundR            the same, until `target_fraction` of each layer's neurons is gone
+
+so a round's first epoch reports the accuracy just after its removal (`importance/just_pruned` = 1,
+with `importance/val_accuracy_before_pruning` beside it) and its last epoch the accuracy after its
+recovery. Widths: after round r a layer of n0 neurons keeps max(keep, round(n0 * (1 - p)^r)),
+p = prune_fraction, so each round removes about p of the neurons remaining (rounded from the
+compounded real width, so rounding never drifts), and the last round, R = ceil(log(1 - t) /
+log(1 - p)) with t = target_fraction, lands exactly on keep = max(1, n0 - round(t * n0)); Python's
+round (halves to even) throughout. Variant `random` (the paper's Fig. 1 baseline) removes as many
+neurons, chosen uniformly at random, and measures nothing.
+
+Removal is real: the layer and the next one are rebuilt smaller with the surviving weights copied,
+the optimizer is rebuilt and its per-parameter state (Adam's moments, SGD's momentum) sliced the
+same way, so parameter and FLOP counts fall; checkpoints record the widths and restore rebuilds the
+shapes before loading tensors.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.config import ConfigError, setting
+from study.methods.base import Batches, DataInfo
+from study.models import MODELS, build_model
+
+# Elements of one chunk of the (samples x next neurons x neurons) ratio tensor: 2^24 floats = 64 MiB.
+# The MLP 784-50-30-10 fits a whole batch (128 x 30 x 50); the CIFAR CNN's 2048 -> 1024 layer
+# (2M ratios per sample) is measured 8 samples at a time.
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class ImportanceConfig:
+    variant: str = setting("rank", "rank: remove the lowest lambda1*C_avg + lambda2*C_max; random: "
+                           "remove as many neurons chosen at random (the paper's Fig. 1 baseline)",
+                           choices=("rank", "random"))
+    model: str = setting("mlp50_30", "architecture (study.models); any whose head has hidden linear "
+                         "layers; the paper's: mlp50_30 (MNIST), reddy_cnn (CIFAR)",
+                         choices=tuple(MODELS))
+    lambda1: float = setting(0.5, "weight of C_avg (Eq. 1); the paper's balanced start is 0.5",
+                             low=0.0, high=1.0)
+    lambda2: float = setting(0.5, "weight of C_max (Eq. 2); the paper's balanced start is 0.5",
+                             low=0.0, high=1.0)
+    warmup_epochs: int = setting(2, "epochs of plain training before the first round (the paper: "
+                                 "'a few iterations until initial maturity')", low=0)
+    prune_fraction: float = setting(0.1, "fraction of a layer's remaining neurons removed per round "
+                                    "(the paper's VAE rounds drop 8-10%)", low=0.01, high=0.99)
+    target_fraction: float = setting(0.68, "fraction of each layer's original neurons removed by the "
+                                     "last round (paper, Table 1 MNIST: 68%; 0: no pruning)",
+                                     low=0.0, high=0.99)
+    recovery_epochs: int = setting(2, "training epochs after each round's removal epoch", low=0)
+    lr: float = setting(1e-3, "learning rate (the paper gives none; Adam's usual 1e-3)",
+                        low=1e-7, high=1.0)
+    optimizer: str = setting("adam", "optimizer; its state survives removals, sliced",
+                             choices=("adam", "sgd"))
+    momentum: float = setting(0.9, "SGD momentum (sgd only)", low=0.0, high=0.999)
+    eps: float = setting(1e-12, "guard of Eq. 1's denominator sum_i |w_ij a_if| (a ratio whose "
+                         "denominator is below it is 0: then every numerator is ~0 too)",
+                         low=0.0, high=1e-3)
+
+
+# --- Eq. 1 and Eq. 2 --------------------------------------------------------------------------
+
+def contribution_ratios(a: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 1 for inputs a (F x N, the layer's activations) into a Linear of weight w (M x N):
+    ratio[f, j, k] = |w_jk a_fk| / sum_i |w_ji a_fi|, shape F x M x N.
+
+    Guard: the paper's signed ratio w a / sum(w a) explodes when the pre-activation sum is near zero
+    and flips sign when it is negative, so it ranks nothing. Absolute values make every ratio a
+    share in [0, 1] of the next neuron's input mass (the shares of one (f, j) sum to 1); a
+    denominator below `eps` (all inputs ~0, e.g. every ReLU off) gives ratio 0, never NaN.
+    """
+    a, w = a.detach().float().abs(), w.detach().float().abs()
+    denom = (a @ w.T).clamp_min(eps)  # F x M: sum_i |w_ji a_fi|
+    return a[:, None, :] * w[None] / denom[:, :, None]
+
+
+class ContributionMeter:
+    """Eq. 1's ratios of one layer's neurons, accumulated over every sample of an epoch into
+    C_avg (Eq. 1: the mean over samples f and next-layer neurons j) and C_max (Eq. 2: the max)."""
+
+    def __init__(self, neurons: int, eps: float, device: torch.device,
+                 chunk_elements: int = CHUNK_ELEMENTS):
+        self.eps = eps
+        self.chunk_elements = chunk_elements
+        self.total = torch.zeros(neurons, dtype=torch.float64, device=device)  # sum over f, j
+        self.peak = torch.zeros(neurons, device=device)  # max over f, j (ratios are >= 0)
+        self.pairs = 0  # (f, j) pairs seen: F * M
+
+    @torch.no_grad()
+    def update(self, a: torch.Tensor, w: torch.Tensor) -> None:
+        """Add the samples of one forward pass: a (B x N) entering a Linear of weight w (M x N)."""
+        a = a.flatten(1)
+        step = max(1, self.chunk_elements // w.numel())  # chunk the batch, stay vectorized
+        for s in range(0, len(a), step):
+            ratio = contribution_ratios(a[s:s + step], w, self.eps)
+            self.total += ratio.sum(dim=(0, 1)).double()
+            self.peak = torch.maximum(self.peak, ratio.amax(dim=(0, 1)))
+        self.pairs += len(a) * w.shape[0]
+
+    def c_avg(self) -> torch.Tensor:
+        return (self.total / max(self.pairs, 1)).float()  # Eq. 1: 1/(F*M) sum_f sum_j ratio
+
+    def c_max(self) -> torch.Tensor:
+        return self.peak.clone()  # Eq. 2
+
+    def scores(self, lambda1: float, lambda2: float) -> torch.Tensor:
+        return lambda1 * self.c_avg() + lambda2 * self.c_max()  # the aggregate contribution
+
+
+# --- the head's prunable layers and their removal ----------------------------------------------
+
+def prunable_layers(head: nn.Sequential) -> list[tuple[str, int, int]]:
+    """(name, index, index of the next Linear) of every hidden Linear layer of the head."""
+    linear = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
+    return [(f"head.{i}", i, j) for i, j in zip(linear[:-1], linear[1:], strict=True)]
+
+
+@contextmanager
+def measuring(head: nn.Sequential, eps: float,
+              chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[dict[str, ContributionMeter]]:
+    """Meters fed by forward pre-hooks on each next Linear (Alg. 1 steps 2-8): every forward pass
+    inside the block adds its samples' activations, with the weights of that moment."""
+    meters: dict[str, ContributionMeter] = {}
+    handles = []
+    for name, i, j in prunable_layers(head):
+        meter = ContributionMeter(head[i].out_features, eps, head[i].weight.device, chunk_elements)
+        meters[name] = meter
+        handles.append(head[j].register_forward_pre_hook(
+            lambda module, args, meter=meter: meter.update(args[0], module.weight)))
+    try:
+        yield meters
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _empty_linear(n_in: int, n_out: int, like: nn.Linear) -> nn.Linear:
+    """A Linear of the given shape on `like`'s device and dtype, uninitialized (values are copied or
+    loaded into it next; building on 'meta' draws no random numbers)."""
+    layer = nn.Linear(n_in, n_out, bias=like.bias is not None, device="meta", dtype=like.weight.dtype)
+    return layer.to_empty(device=like.weight.device)
+
+
+OptimizerState = dict[torch.Tensor, dict[str, Any]]
+
+
+def remove_neurons(head: nn.Sequential, index: int, keep: torch.Tensor,
+                   state: OptimizerState | None = None) -> None:
+    """Alg. 1 steps 17-18: rebuild head[index] with only the neurons `keep` (sorted indices) and the
+    next Linear with only their input columns, copying the surviving weights. `state` (parameter ->
+    optimizer state) is re-keyed to the new parameters, each tensor of a parameter's shape sliced
+    the same way (Adam's exp_avg / exp_avg_sq, SGD's momentum_buffer); others (Adam's step) kept."""
+    nxt = next(j for j, m in enumerate(head) if j > index and isinstance(m, nn.Linear))
+    layer, after = head[index], head[nxt]
+    new_layer = _empty_linear(layer.in_features, len(keep), layer)
+    new_after = _empty_linear(len(keep), after.out_features, after)
+    keep = keep.to(layer.weight.device)
+    rows: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[keep]  # noqa: E731
+    cols: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[:, keep]  # noqa: E731
+    pairs = [(layer.weight, new_layer.weight, rows), (layer.bias, new_layer.bias, rows),
+             (after.weight, new_after.weight, cols), (after.bias, new_after.bias, lambda t: t)]
+    with torch.no_grad():
+        for old, new, cut in pairs:
+            if old is None:
+                continue
+            new.copy_(cut(old))
+            if state is not None and old in state:
+                state[new] = {k: cut(v).clone() if torch.is_tensor(v) and v.shape == old.shape else v
+                              for k, v in state.pop(old).items()}
+    head[index], head[nxt] = new_layer, new_after
+
+
+def resize(head: nn.Sequential, widths: dict[str, int]) -> None:
+    """Give the prunable layers these widths (uninitialized): the shapes a checkpoint's tensors
+    need before they are loaded."""
+    for name, i, j in prunable_layers(head):
+        head[i] = _empty_linear(head[i].in_features, widths[name], head[i])
+        head[j] = _empty_linear(widths[name], head[j].out_features, head[j])
+
+
+# --- the schedule's arithmetic ---------------------------------------------------------------
+
+def rounds_needed(prune_fraction: float, target_fraction: float) -> int:
+    """R = ceil(log(1 - t) / log(1 - p)): the first round whose compounded width reaches the target
+    (a tolerance keeps exact powers, e.g. t = 0.19, p = 0.1, at 2 rounds)."""
+    if target_fraction <= 0:
+        return 0
+    return max(1, math.ceil(math.log1p(-target_fraction) / math.log1p(-prune_fraction) - 1e-9))
+
+
+def planned_width(original: int, rnd: int, prune_fraction: float, target_fraction: float) -> int:
+    """A layer's width after round `rnd` (0: the original width); see the module docstring."""
+    keep = max(1, original - round(target_fraction * original))  # at least one neuron survives
+    if rnd >= rounds_needed(prune_fraction, target_fraction):
+        return min(original, keep)
+    return max(keep, round(original * (1 - prune_fraction) ** rnd))
+
+
+class Importance:
+    Config = ImportanceConfig
+
+    def __init__(self, config: ImportanceConfig, data: DataInfo, device: torch.device):
+        self.cfg = config
+        self.device = device
+        self.model = build_model(config.model, data.input_shape, data.num_classes, data.mean,
+                                 data.std).to(device)
+        layers = prunable_layers(self.model.head)
+        if not layers:
+            raise ConfigError(f"setting 'model' {config.model!r} has no hidden linear layer in its "
+                              "head to remove neurons from")
+        self.original = {name: self.model.head[i].out_features for name, i, _ in layers}
+        self.rounds = rounds_needed(config.prune_fraction, config.target_fraction)
+        self.rounds_done = 0
+        self.optimizer = self._new_optimizer()
+        self._pending_round = 0  # set by begin_phase: this epoch measures, then removes
+        self._just_pruned = False
+        self._unpruned: nn.Module | None = None  # the model just before this epoch's removal
+
+    def schedule(self) -> list[tuple[str, int]]:
+        return [("warmup", self.cfg.warmup_epochs)] + [
+            (f"round{r}", 1 + self.cfg.recovery_epochs) for r in range(1, self.rounds + 1)]
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+
+    def widths(self) -> dict[str, int]:
+        return {name: self.model.head[i].out_features for name, i, _ in prunable_layers(self.model.head)}
+
+    def begin_phase(self, phase: str) -> None:
+        if phase.startswith("round"):
+            self._pending_round = int(phase[len("round"):])
+
+    def train_epoch(self, phase: str, batches: Batches) -> dict[str, float]:
+        self._just_pruned, self._unpruned = False, None
+        rnd, self._pending_round = self._pending_round, 0
+        measure = rnd > 0 and self.cfg.variant == "rank"
+        self.model.train()
+        total, n = 0.0, 0
+        with measuring(self.model.head, self.cfg.eps) if measure else nullcontext({}) as meters:
+            for x, y in batches:
+                loss = F.cross_entropy(self.model(x), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach()) * len(x)
+                n += len(x)
+        if rnd > 0:
+            self._remove(rnd, meters)
+        return {"loss": total / max(n, 1)}
+
+    def _remove(self, rnd: int, meters: dict[str, ContributionMeter]) -> None:
+        """Alg. 1 steps 9-18: rank each layer's neurons by lambda1*C_avg + lambda2*C_max (or draw
+        them at random), keep the top of each to its planned width, rebuild, carry the optimizer."""
+        self._unpruned = copy.deepcopy(self.model)
+        head = self.model.head
+        state: OptimizerState = dict(self.optimizer.state)
+        # every layer's choice comes from the same measuring epoch, taken before any rebuild
+        keeps = {}
+        for name, i, _ in prunable_layers(head):
+            width = head[i].out_features
+            target = planned_width(self.original[name], rnd, self.cfg.prune_fraction,
+                                   self.cfg.target_fraction)
+            if target >= width:
+                continue
+            if self.cfg.variant == "rank":  # Alg. 1 steps 11, 15: the bottom ones go, ties by index
+                order = torch.argsort(meters[name].scores(self.cfg.lambda1, self.cfg.lambda2),
+                                      descending=True, stable=True)
+            else:
+                order = torch.randperm(width)
+            keeps[i] = order[:target].sort().values
+        for i, keep in keeps.items():
+            remove_neurons(head, i, keep, state)
+        self.optimizer = self._new_optimizer()
+        for p in self.model.parameters():
+            if p in state:
+                self.optimizer.state[p] = state[p]
+        self.rounds_done = rnd
+        self._just_pruned = True
+
+    def finish(self) -> dict[str, float]:
+        return {}
+
+    def inference_model(self) -> nn.Module:
+        return self.model
+
+    @torch.no_grad()
+    def diagnostics(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        widths = self.widths()
+        out: dict[str, float] = {f"importance/neurons/{k}": v for k, v in widths.items()}
+        out["importance/neurons_removed"] = 1 - sum(widths.values()) / sum(self.original.values())
+        out["importance/round"] = self.rounds_done
+        out["importance/just_pruned"] = float(self._just_pruned)
+        if self._unpruned is not None:  # the same evaluation as val_accuracy, before the removal
+            from study.trainable import accuracy  # (the trainable imports the methods)
+
+            out["importance/val_accuracy_before_pruning"] = accuracy(self._unpruned, x, y, 1024)
+            self._unpruned = None
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "widths": self.widths(), "rounds_done": self.rounds_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        resize(self.model.head, state["widths"])  # shapes first, then the tensors
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rounds_done = state["rounds_done"]
+        self._pending_round, self._just_pruned, self._unpruned = 0, False, None
