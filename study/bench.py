@@ -2,6 +2,7 @@
 
     python -m study.bench epoch --method beta_vae --set variant=vae      # seconds per epoch
     python -m study.bench beta-vae-table --rows cnn vae-1 vae-5          # shneider2023 Table I
+    python -m study.bench reparam-table --rates 0.9 0.99                # dupont2021 Tables 1-2
 
 Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
 """
@@ -90,6 +91,54 @@ def bench_beta_vae_table(args: argparse.Namespace) -> None:
         Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
 
 
+# dupont2021 Table 1 (CIFAR-10 test accuracy, %) and Table 2 (surrogate remaining fraction), Conv4
+PAPER_CONV4 = {"mag": {0.9: 54.94, 0.95: 22.91, 0.97: 13.1, 0.99: 13.07},
+               "mag_ft": {0.9: 89.50, 0.95: 87.38, 0.97: 85.57, 0.99: 76.7},
+               "reparam": {0.9: 85.57, 0.95: 84.59, 0.97: 82.6, 0.99: 16.54},
+               "reparam_before": {0.9: 85.68, 0.95: 83.04, 0.97: 84.89, 0.99: 82.68},
+               "surrogate_remaining": {0.9: 0.10, 0.95: 0.05, 0.97: 0.03, 0.99: 0.03}}
+
+
+def bench_reparam_table(args: argparse.Namespace) -> None:
+    """dupont2021 Table 1-2 on a CPU: reparam, mag, mag_ft at each rate (default: Fashion-MNIST,
+    LeNet-300-100). Test accuracy before pruning comes from the weights the method keeps from just
+    before its effective pruning (in the last checkpoint)."""
+    from study.models import build_model
+
+    data = load_dataset(args.dataset, args.data_dir)
+    out = []
+    for rate in args.rates:
+        for variant in args.variants:
+            config = {"method": "reparam", "dataset": args.dataset, "model": args.model,
+                      "variant": variant, "pruning_rate": rate, "epochs": args.epochs,
+                      "finetune_epochs": args.finetune_epochs, "seed": args.seed,
+                      **_settings(args.set)}
+            last: dict[str, Any] = {}
+
+            def report(metrics: dict[str, Any], folder: Path, last=last) -> None:
+                if "test_accuracy" in metrics:
+                    last["before"] = load_state(folder)["method"]["before"]
+
+            t0 = time.time()
+            final = train(config, data, report)
+            model = build_model(args.model, data.input_shape, data.num_classes, data.mean, data.std)
+            model.load_state_dict(last["before"])
+            result = {"variant": variant, "rate": rate, "model": args.model, "dataset": args.dataset,
+                      "epochs": args.epochs,
+                      "finetune_epochs": args.finetune_epochs if variant == "mag_ft" else 0,
+                      "test_accuracy": final["test_accuracy"],
+                      "test_accuracy_before_pruning": accuracy(model, data.test_x, data.test_y, 1024),
+                      "val_accuracy": final["val_accuracy"], "sparsity": final["sparsity"],
+                      "prunable_sparsity": final["prunable_sparsity"],
+                      "surrogate_remaining": final.get("reparam/surrogate_remaining"),
+                      "minutes": (time.time() - t0) / 60,
+                      "paper_conv4_cifar10": PAPER_CONV4[variant].get(rate)}
+            print(json.dumps(result), flush=True)
+            out.append(result)
+    if args.out:
+        Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -103,9 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seeds", type=int, default=1)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--out", help="also write the rows as JSON lines here")
+    r = sub.add_parser("reparam-table", help="dupont2021 Tables 1-2: reparam vs mag vs mag_ft")
+    r.add_argument("--rates", nargs="+", type=float, default=[0.9, 0.95, 0.97, 0.99])
+    r.add_argument("--variants", nargs="+", default=["reparam", "mag", "mag_ft"],
+                   choices=["reparam", "mag", "mag_ft"])
+    r.add_argument("--dataset", default="fashion_mnist")
+    r.add_argument("--model", default="lenet300")
+    r.add_argument("--epochs", type=int, default=15)
+    r.add_argument("--finetune-epochs", type=int, default=5)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
-    {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table}[args.bench](args)
+    {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
+     "reparam-table": bench_reparam_table}[args.bench](args)
     return 0
 
 
