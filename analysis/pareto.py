@@ -1,5 +1,17 @@
-"""Pareto fronts of finished studies (maximize every objective)."""
+"""`python -m analysis.pareto STUDY [STUDY...]`: Pareto fronts of accuracy against sparsity.
+
+Per method and across all studies given: the non-dominated complete trials on (val_accuracy,
+sparsity), their test accuracy beside, and the dominated hypervolume per method (reference point
+accuracy 0, sparsity 0), one number to compare methods and samplers. Writes `pareto.csv`,
+`pareto.png` and `pareto.html` (default: the first study's `analysis/` folder), prints the fronts,
+and logs them to a summary run in the study's W&B group (offline without credentials).
+"""
 from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,11 +22,11 @@ OBJECTIVES = ("val_accuracy", "sparsity")
 def pareto_mask(points: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated rows of `points` (n x k, all maximized). A row with a NaN
     is never on the front; identical rows do not dominate each other, so duplicates are all kept."""
-    points = np.asarray(points, dtype=float)
+    points = np.asarray(points, dtype=float).reshape(len(points), -1)
     valid = ~np.isnan(points).any(axis=1)
+    others = points[valid]
     mask = np.zeros(len(points), dtype=bool)
     for i in np.flatnonzero(valid):
-        others = points[valid]
         dominated = ((others >= points[i]).all(axis=1) & (others > points[i]).any(axis=1)).any()
         mask[i] = not dominated
     return mask
@@ -26,3 +38,149 @@ def front(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.Data
         return df
     return df[pareto_mask(df[list(objectives)].to_numpy())].sort_values(
         list(objectives), ascending=False)
+
+
+def hypervolume_2d(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Area dominated by `points` (n x 2, both maximized) and bounded below by `reference`."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    pts = pts[~np.isnan(pts).any(axis=1)]
+    pts = pts[(pts[:, 0] > reference[0]) & (pts[:, 1] > reference[1])]
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[pareto_mask(pts)]
+    pts = pts[np.argsort(pts[:, 1])]  # sparsity ascending, so accuracy descends along the front
+    area, prev = 0.0, reference[1]
+    for acc, sp in pts:
+        if sp > prev:
+            area += (sp - prev) * (acc - reference[0])
+            prev = sp
+    return float(area)
+
+
+def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(front rows with a `front` column naming each method's front and 'all', hypervolume per
+    method) over the complete trials of df."""
+    missing = [m for m in objectives if m not in df.columns]
+    if missing:
+        raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
+    done = df[df["status"] == "complete"].dropna(subset=list(objectives))
+    parts, volumes = [], []
+    for method, group in done.groupby("method"):
+        parts.append(front(group, objectives).assign(front=method))
+        volumes.append({"method": method, "trials": len(group), "front_size": len(parts[-1]),
+                        "hypervolume": hypervolume_2d(group[list(objectives)].to_numpy())})
+    if done["method"].nunique() > 1:
+        parts.append(front(done, objectives).assign(front="all"))
+    table = pd.concat(parts, ignore_index=True) if parts else done.assign(front=[])
+    return table, pd.DataFrame(volumes, columns=["method", "trials", "front_size", "hypervolume"])
+
+
+def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, x = objectives
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (method, group) in enumerate(df.dropna(subset=list(objectives)).groupby("method")):
+        color = f"C{i}"
+        ax.scatter(group[x], group[y], s=18, alpha=0.5, color=color, label=f"{method} trials")
+        if "collapsed" in group:
+            c = group[group["collapsed"].astype(bool)]
+            ax.scatter(c[x], c[y], s=60, marker="x", color="k",
+                       label="collapsed" if i == 0 else None)
+        f = table[table["front"] == method].sort_values(x)
+        if not f.empty:
+            ax.step(f[x], f[y], where="post", color=color, lw=2, label=f"{method} front")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES) -> None:
+    import plotly.graph_objects as go
+
+    y, x = objectives
+    fig = go.Figure()
+    data = df.dropna(subset=list(objectives))
+    hover = [c for c in data.columns if c.startswith("config/") or c in ("trial_id", "study",
+                                                                            "test_accuracy", "collapse")]
+    for method, group in data.groupby("method"):
+        fig.add_trace(go.Scatter(
+            x=group[x], y=group[y], mode="markers", name=f"{method} trials",
+            customdata=group[hover].astype(str).to_numpy(),
+            hovertemplate="<br>".join(f"{c}: %{{customdata[{i}]}}" for i, c in enumerate(hover))))
+        f = table[table["front"] == method].sort_values(x)
+        fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="lines", line_shape="hv",
+                                 name=f"{method} front"))
+    fig.update_layout(xaxis_title=x, yaxis_title=y, title="Pareto fronts")
+    fig.write_html(str(path), include_plotlyjs=True)
+
+
+def log_to_wandb(table: pd.DataFrame, study_dir: Path, info: dict) -> str:
+    """Log the front as a table and a scatter plot to a summary run in the study's W&B group."""
+    from study import tracking
+
+    mode, _ = tracking.configure(study_dir)
+    import wandb
+
+    cols = [c for c in table.columns if table[c].map(lambda v: isinstance(v, (int, float, str, bool))
+                                                      or v is None).all()]
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", tracking.DEFAULT_PROJECT),
+                     group=study_dir.name, job_type="analysis", name=f"{study_dir.name}-pareto",
+                     dir=str(study_dir), tags=[info.get("method", ""), info.get("dataset", ""),
+                                               "pareto"], reinit="finish_previous")
+    wb_table = wandb.Table(dataframe=table[cols].reset_index(drop=True))
+    run.log({"pareto/front": wb_table,
+             "pareto/scatter": wandb.plot.scatter(wb_table, "sparsity", "val_accuracy",
+                                                  title="Pareto front")})
+    run.finish()
+    return mode
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis.collapse import flag_collapse
+    from analysis.results import StudyError, load_results, study_info
+
+    p = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
+    p.add_argument("studies", nargs="+", help="study folders")
+    p.add_argument("--objectives", nargs=2, default=list(OBJECTIVES), metavar=("Y", "X"),
+                   help="two metrics to maximize (default: val_accuracy sparsity)")
+    p.add_argument("--out", help="output folder (default: FIRST_STUDY/analysis)")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the front to W&B")
+    args = p.parse_args(argv)
+    objectives = tuple(args.objectives)
+    try:
+        df = flag_collapse(load_results(args.studies))
+        table, volumes = fronts(df, objectives)
+    except (StudyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.studies[0]) / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "pareto.csv", index=False)
+    plot_png(df, table, out / "pareto.png", objectives)
+    plot_html(df, table, out / "pareto.html", objectives)
+    show = ["front", "study", "trial_id", *objectives, "test_accuracy", "collapse"] + sorted(
+        c for c in df.columns if c.startswith("config/") and df[c].nunique(dropna=True) > 1)
+    counts = df["status"].value_counts().to_dict()
+    print(f"{len(df)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    print(table[[c for c in show if c in table]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    print()
+    print(volumes.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if not args.no_wandb and not table.empty:
+        first = Path(args.studies[0])
+        mode = log_to_wandb(table, first, study_info(first))
+        print(f"W&B ({mode}): front logged to group {first.name!r} under {first / 'wandb'}")
+    print(f"wrote {out / 'pareto.csv'}, {out / 'pareto.png'}, {out / 'pareto.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

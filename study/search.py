@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     (study_dir / "study.json").write_text(json.dumps({
         "method": args.method, "dataset": dataset_name, "fixed": space.fixed,
         "search": {k: repr(v) for k, v in space.search.items()}, "sampler": args.sampler,
-        "seed": args.seed, "num_samples": args.num_samples, "argv": sys.argv[1:]}, indent=2))
+        "seed": args.seed, "num_samples": args.num_samples, "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial, "argv": sys.argv[1:]}, indent=2))
 
     from study import tracking
 

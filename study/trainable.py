@@ -29,11 +29,23 @@ from study.methods.base import DataInfo
 from study.sparsity import DenseReference, size_metrics
 
 STATE_FILE = "state.pt"
-Report = Callable[[dict[str, Any], Path], None]  # (metrics, folder holding this epoch's state)
+# (metrics, folder holding this epoch's state, or None when there is no state worth keeping)
+Report = Callable[[dict[str, Any], Path | None], None]
+# Tests only: "nan@E" makes epoch E's loss NaN; "raise@E@MARKER" raises at epoch E once (while the
+# file MARKER does not exist), so retries and resumes can be tested on real processes.
+FAULT_ENV = "PRUNESTUDY_INJECT_FAULT"
 
 
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+def _inject_fault(epoch: int, terms: dict[str, float]) -> None:
+    kind, _, rest = os.environ.get(FAULT_ENV, "").partition("@")
+    at, _, marker = rest.partition("@")
+    if not kind or int(at) != epoch:
+        return
+    if kind == "nan":
+        terms["loss"] = float("nan")
+    elif kind == "raise" and marker and not os.path.exists(marker):
+        Path(marker).touch()
+        raise RuntimeError(f"injected fault at epoch {epoch}")
 
 
 def parse_config(config: dict[str, Any]) -> tuple[TrialConfig, Any]:
@@ -150,8 +162,13 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             terms = method.train_epoch(phase, batches(data.train_x, data.train_y, trial.batch_size,
                                                       batch_rng))
         seconds = time.perf_counter() - t0
+        _inject_fault(epoch + 1, terms)
         if not math.isfinite(terms["loss"]):
-            raise DivergedError(f"loss is {terms['loss']} at epoch {epoch + 1} ({phase})")
+            # Diverged: end the trial (no retry could help) with its metrics so far. The last
+            # report has no objectives, so Optuna records the trial as pruned, not as a point.
+            metrics = {"epoch": epoch + 1, "phase": phase, "diverged": 1, "loss": terms["loss"]}
+            report(metrics, None)
+            return metrics
         last = epoch == total - 1
         with autocast:
             extra = method.finish() if last else {}
@@ -185,7 +202,7 @@ def run_trial(config: dict[str, Any], data: Dataset | None = None) -> None:
         with checkpoint.as_directory() as d:
             resume = load_state(d)
 
-    def report(metrics: dict[str, Any], folder: Path) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+    def report(metrics: dict[str, Any], folder: Path | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
 
     train(config, data, report, resume)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,30 @@ def tiny_config(**overrides):
               "epochs": 1, "head_epochs": 1, "prune_epochs": 1, "sparsity": 0.5, "seed": 0}
     config.update(overrides)
     return config
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repo root, W&B offline, no API key in sight."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT, check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, data_dir):
+    """A real 2-trial beta_vae study through the CLI, shared by the tests that read one."""
+    storage = tmp_path_factory.mktemp("studies")
+    ray_before = ray_pids()
+    proc = run_module("study.search", "beta_vae", "--num-samples", "2", "--max-concurrent", "2",
+                      "--name", "tiny", "--storage-dir", str(storage), "--sampler", "random",
+                      "--seed", "3", "--data-dir", str(data_dir), "--set", "epochs=1",
+                      "--set", "head_epochs=1", "--set", "prune_epochs=1", "--set", "train_subset=500",
+                      "--set", "latent_dim=4")
+    return storage / "tiny", proc, ray_pids() - ray_before
+
+
+def ray_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True,
+                         check=False).stdout
+    return {int(p) for p in out.split()}

@@ -1,38 +1,21 @@
 """`python -m study.search` end to end, in a subprocess, as users run it (tiny sizes)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import optuna
 import pytest
 
 from study.tracking import offline_runs, read_offline_run
 from study.trainable import load_state
-from tests.conftest import ROOT
-
-
-def _ray_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+from tests.conftest import run_module
 
 
 def _search(*args, data_dir, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "study.search", *args, "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return run_module("study.search", *args, "--data-dir", str(data_dir), timeout=timeout)
 
 
-def test_a_two_trial_beta_vae_study(tmp_path, data_dir):
-    ray_before = _ray_pids()
-    proc = _search("beta_vae", "--num-samples", "2", "--max-concurrent", "2", "--name", "tiny",
-                   "--storage-dir", str(tmp_path), "--sampler", "random", "--seed", "3",
-                   "--set", "epochs=1", "--set", "head_epochs=1", "--set", "prune_epochs=1",
-                   "--set", "train_subset=500", "--set", "latent_dim=4", data_dir=data_dir)
+def test_a_two_trial_beta_vae_study(tiny_study):
+    study_dir, proc, ray_left = tiny_study
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study_dir = tmp_path / "tiny"
     assert "Pareto front (val_accuracy, sparsity)" in proc.stdout
     assert str(study_dir) in proc.stdout and "wandb sync" in proc.stdout
 
@@ -67,7 +50,7 @@ def test_a_two_trial_beta_vae_study(tmp_path, data_dir):
         assert checkpoints, ray_id
         state = load_state(checkpoints[-1])
         assert state["epoch"] == 3 and state["method"]["pruned"]
-    assert _ray_pids() <= ray_before  # no Ray process left behind
+    assert not ray_left  # no Ray process left behind
 
 
 @pytest.mark.parametrize("args, message", [

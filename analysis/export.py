@@ -1,0 +1,110 @@
+"""`python -m analysis.export STUDY --pick knee|max-accuracy|min-size --out DIR`: best configs.
+
+Writes one YAML per chosen trial: `config` (every setting the trial ran with, ready for
+`python -m study.train FILE.yaml`) and `provenance` (study, trial id, its metrics, the CPU threads
+it ran on so a CPU retrain reproduces it). Only complete trials are chosen.
+- knee: the front's point farthest from the line joining its two ends (objectives scaled to [0, 1]
+  over the front); top-k takes the next farthest;
+- max-accuracy: highest val_accuracy (ties: higher sparsity);
+- min-size: fewest nonzero parameters among trials with val_accuracy >= --min-accuracy.
+`--min-sparsity` keeps only trials at least that sparse, for every pick.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from analysis.pareto import OBJECTIVES, front
+from analysis.results import StudyError, load_results, study_info
+
+PICKS = ("knee", "max-accuracy", "min-size")
+PROVENANCE_METRICS = ("val_accuracy", "sparsity", "test_accuracy", "prunable_sparsity", "params",
+                      "nonzero_params", "compressed_bytes", "flops", "epoch")
+
+
+def knee_order(f: pd.DataFrame) -> pd.DataFrame:
+    """Front rows ordered by distance from the chord between the front's two ends, farthest first."""
+    if len(f) <= 2:  # no chord to measure against: nearest to the utopia point (1, 1)
+        d = -np.hypot(1 - f[OBJECTIVES[0]], 1 - f[OBJECTIVES[1]])
+        return f.assign(_score=d.to_numpy()).sort_values("_score", ascending=False).drop(columns="_score")
+    pts = f[list(OBJECTIVES)].to_numpy(dtype=float)
+    span = pts.max(axis=0) - pts.min(axis=0)
+    z = (pts - pts.min(axis=0)) / np.where(span > 0, span, 1)
+    a, b = z[np.argmax(z[:, 0])], z[np.argmax(z[:, 1])]  # the two ends of the front
+    chord = b - a
+    norm = np.hypot(*chord) or 1.0
+    dist = np.abs(chord[0] * (z[:, 1] - a[1]) - chord[1] * (z[:, 0] - a[0])) / norm
+    return f.assign(_score=dist).sort_values("_score", ascending=False).drop(columns="_score")
+
+
+def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
+           min_accuracy: float = 0.0) -> pd.DataFrame:
+    done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)].dropna(
+        subset=list(OBJECTIVES))
+    if pick == "knee":
+        ranked = knee_order(front(done))
+    elif pick == "max-accuracy":
+        ranked = done.sort_values(["val_accuracy", "sparsity"], ascending=False)
+    elif pick == "min-size":
+        ranked = done[done["val_accuracy"] >= min_accuracy].sort_values(
+            ["nonzero_params", "val_accuracy"], ascending=[True, False])
+    else:
+        raise ValueError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
+    return ranked.head(top_k)
+
+
+def _plain(value):
+    """A YAML-friendly scalar: counts stored as floats by pandas (NaN elsewhere) become ints."""
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def export(row: pd.Series, pick: str, out: Path) -> Path:
+    config = {k[len("config/"):]: v for k, v in row.items()
+              if k.startswith("config/") and not (isinstance(v, float) and np.isnan(v))}
+    info = study_info(Path(row["study_dir"]))
+    doc = {"config": config, "provenance": {
+        "study": row["study"], "study_dir": row["study_dir"], "trial_id": row["trial_id"],
+        "optuna_number": None if pd.isna(row["optuna_number"]) else int(row["optuna_number"]),
+        "pick": pick, "threads": max(1, int(info.get("cpus_per_trial", 1))),
+        "metrics": {m: _plain(row[m]) for m in PROVENANCE_METRICS if m in row and pd.notna(row[m])}}}
+    path = out / f"{row['study']}-{row['trial_id']}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.export", description=__doc__.splitlines()[0])
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders")
+    p.add_argument("--pick", choices=PICKS, default="knee")
+    p.add_argument("--min-sparsity", type=float, default=0.0)
+    p.add_argument("--min-accuracy", type=float, default=0.0, help="for --pick min-size")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--out", required=True, help="folder for the YAML files")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error(f"--top-k must be at least 1, got {args.top_k}")
+    try:
+        chosen = choose(load_results(args.studies), args.pick, args.top_k, args.min_sparsity,
+                        args.min_accuracy)
+        if chosen.empty:
+            raise StudyError(f"no complete trial with sparsity >= {args.min_sparsity} to export")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+    except (StudyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for _, row in chosen.iterrows():
+        path = export(row, args.pick, out)
+        print(f"{path}: trial {row['trial_id']} val_accuracy {row['val_accuracy']:.4f} "
+              f"sparsity {row['sparsity']:.4f} test_accuracy {row.get('test_accuracy', float('nan')):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""One table of trials from one or more study folders (read only: never trains, never writes).
+
+A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, status, every
+setting as `config/<key>`, and every metric at its last reported value (`epoch` tells how far the
+trial got). Status: `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
+`failed` (raised, or Optuna recorded it failed), `running` (neither: still running, or
+interrupted). Trials still running or half-written are read as far as they go.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STATUSES = ("complete", "diverged", "failed", "running")
+
+
+class StudyError(ValueError):
+    """A folder that is not a study, or a study with nothing to read; one line naming it."""
+
+
+def study_info(study_dir: Path) -> dict[str, Any]:
+    path = Path(study_dir) / "study.json"
+    if not Path(study_dir).is_dir():
+        raise StudyError(f"study folder {study_dir} does not exist")
+    if not path.exists():
+        raise StudyError(f"{study_dir} is not a study folder (no study.json)")
+    return json.loads(path.read_text())
+
+
+def _history(trial_dir: Path) -> list[dict[str, Any]]:
+    path = trial_dir / "result.json"
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written right now
+                break
+    return rows
+
+
+def _optuna_trials(study_dir: Path) -> dict[str, Any]:
+    """Ray trial id -> Optuna FrozenTrial, from every study in the folder's optuna.db."""
+    db = study_dir / "optuna.db"
+    if not db.exists():
+        return {}
+    import optuna
+
+    storage = f"sqlite:///{db.resolve()}"
+    out = {}
+    for name in optuna.study.get_all_study_names(storage):
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            if "ray_trial_id" in t.user_attrs:
+                out[t.user_attrs["ray_trial_id"]] = t
+    return out
+
+
+def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
+    if last.get("diverged"):
+        return "diverged"
+    if (trial_dir / "error.txt").exists() or (
+            optuna_trial is not None and optuna_trial.state.name == "FAIL"):
+        return "failed"
+    if "test_accuracy" in last:
+        return "complete"
+    return "running"
+
+
+def load_study(study_dir: str | Path) -> pd.DataFrame:
+    study_dir = Path(study_dir)
+    info = study_info(study_dir)
+    optuna_trials = _optuna_trials(study_dir)
+    rows = []
+    for trial_dir in sorted(study_dir.glob("trial_*")):
+        trial_id = trial_dir.name[len("trial_"):]
+        history = _history(trial_dir)
+        params = trial_dir / "params.json"
+        config = json.loads(params.read_text()) if params.exists() else (
+            history[-1].get("config", {}) if history else {})
+        last: dict[str, Any] = {}
+        for result in history:  # every metric at its last reported value
+            last.update({k: v for k, v in result.items() if k != "config" and v is not None})
+        ot = optuna_trials.get(trial_id)
+        rows.append({
+            "study": study_dir.name, "study_dir": str(study_dir), "trial_id": trial_id,
+            "optuna_number": ot.number if ot is not None else None,
+            "method": config.get("method", info.get("method")),
+            "variant": config.get("variant"), "dataset": config.get("dataset", info.get("dataset")),
+            "status": _status(history[-1] if history else {}, trial_dir, ot),
+            **{f"config/{k}": v for k, v in config.items()},
+            **{k: v for k, v in last.items() if not isinstance(v, (dict, list))},
+        })
+    return pd.DataFrame(rows)
+
+
+def load_results(study_dirs: list[str | Path]) -> pd.DataFrame:
+    """All trials of all the given studies; raises StudyError if there is none to read."""
+    frames = [load_study(d) for d in study_dirs]
+    df = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(
+        not f.empty for f in frames) else pd.DataFrame()
+    if df.empty:
+        raise StudyError(f"no trial found in {', '.join(str(d) for d in study_dirs)}")
+    return df

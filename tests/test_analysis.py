@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.collapse import collapse_by_beta, flag_collapse
+from analysis.pareto import fronts, hypervolume_2d, pareto_mask
+from study.tracking import offline_runs, read_offline_run
+from tests.conftest import run_module
+
+
+def test_pareto_mask_handles_ties_duplicates_single_points_and_nans():
+    pts = np.array([
+        [0.9, 0.1],  # 0 front
+        [0.8, 0.5],  # 1 front
+        [0.8, 0.5],  # 2 duplicate of 1: also on the front
+        [0.8, 0.4],  # 3 dominated by 1 (tie on accuracy, less sparse)
+        [0.5, 0.9],  # 4 front
+        [np.nan, 0.99],  # 5 NaN: never on the front
+        [0.4, 0.9],  # 6 dominated by 4 (tie on sparsity)
+        [0.1, 0.1],  # 7 dominated
+    ])
+    assert pareto_mask(pts).tolist() == [True, True, True, False, True, False, False, False]
+    assert pareto_mask(np.array([[0.3, 0.3]])).tolist() == [True]
+    assert pareto_mask(np.array([[np.nan, np.nan]])).tolist() == [False]
+
+
+@pytest.mark.parametrize("points, expected", [
+    ([[1.0, 0.5]], 0.5),
+    ([[0.9, 0.2], [0.5, 0.8]], 0.9 * 0.2 + 0.5 * 0.6),
+    ([[0.9, 0.2], [0.5, 0.8], [0.4, 0.1], [0.5, 0.8]], 0.9 * 0.2 + 0.5 * 0.6),  # dominated, duplicate
+    ([[0.9, 0.2], [np.nan, 1.0]], 0.18),
+    ([[0.0, 0.5], [0.7, 0.0]], 0.0),  # on the reference lines: no area
+    (np.zeros((0, 2)), 0.0),
+])
+def test_hypervolume_of_known_points(points, expected):
+    assert hypervolume_2d(np.array(points, dtype=float)) == pytest.approx(expected)
+
+
+def _table(rows):
+    base = {"study": "s", "trial_id": "t", "status": "complete", "method": "beta_vae", "variant": "vae",
+            "config/latent_dim": 4, "config/beta": 1.0}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_fronts_are_per_method_and_across_methods_over_complete_trials():
+    df = _table([
+        {"trial_id": "a", "val_accuracy": 0.9, "sparsity": 0.5},
+        {"trial_id": "b", "val_accuracy": 0.8, "sparsity": 0.6},
+        {"trial_id": "c", "val_accuracy": 0.99, "sparsity": 0.99, "status": "failed"},  # ignored
+        {"trial_id": "d", "method": "reparam", "val_accuracy": 0.85, "sparsity": 0.9},
+    ])
+    table, volumes = fronts(df)
+    assert sorted(table[table["front"] == "beta_vae"]["trial_id"]) == ["a", "b"]
+    assert sorted(table[table["front"] == "all"]["trial_id"]) == ["a", "d"]
+    hv = dict(zip(volumes["method"], volumes["hypervolume"], strict=True))
+    assert hv["beta_vae"] == pytest.approx(0.9 * 0.5 + 0.8 * 0.1)
+    assert hv["reparam"] == pytest.approx(0.85 * 0.9)
+    with pytest.raises(ValueError, match="unknown metric 'latency'"):
+        fronts(df, ("val_accuracy", "latency"))
+
+
+def test_collapse_flags_name_the_criteria_that_fired():
+    df = _table([
+        {"trial_id": "ok", "val_accuracy": 0.95, "vae/active_units": 3, "vae/kl": 8.0},
+        {"trial_id": "dead", "val_accuracy": 0.10, "vae/active_units": 0, "vae/kl": 0.001,
+         "config/beta": 10.0},
+        {"trial_id": "lowkl", "val_accuracy": 0.6, "vae/active_units": 1, "vae/kl": 0.02},
+        {"trial_id": "cnn", "variant": "cnn", "val_accuracy": 0.1, "vae/active_units": 0},
+    ])
+    flagged = flag_collapse(df).set_index("trial_id")
+    assert flagged.loc["ok", "collapse"] == "" and not flagged.loc["ok", "collapsed"]
+    assert flagged.loc["dead", "collapse"] == "no_active_units,low_kl,chance_accuracy"
+    assert flagged.loc["lowkl", "collapse"] == "low_kl"  # 0.02 / 4 dims < 0.01 nats
+    assert not flagged.loc["cnn", "collapsed"]  # the CNN baseline has no posterior
+    assert flag_collapse(df, kl_per_dim=0.001).set_index("trial_id").loc["lowkl", "collapse"] == ""
+    by_beta = collapse_by_beta(flag_collapse(df)).set_index("beta")
+    assert by_beta.loc["[10.0, 20.0)", "collapsed"] == 1 and by_beta.loc["[1.0, 2.0)", "trials"] == 2
+
+
+def test_results_table_reads_the_study(tiny_study):
+    from analysis.results import load_results
+
+    study_dir, _, _ = tiny_study
+    df = load_results([study_dir])
+    assert len(df) == 2 and set(df["status"]) == {"complete"}
+    assert set(df["method"]) == {"beta_vae"} and set(df["dataset"]) == {"mnist"}
+    assert df["optuna_number"].notna().all()
+    assert {"config/beta", "config/lr", "val_accuracy", "test_accuracy", "vae/kl"} <= set(df.columns)
+
+
+def test_pareto_command_writes_csv_plots_and_a_wandb_summary(tiny_study, tmp_path):
+    study_dir, _, _ = tiny_study
+    proc = run_module("analysis.pareto", str(study_dir), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "hypervolume" in proc.stdout and "beta_vae" in proc.stdout
+    csv = pd.read_csv(tmp_path / "pareto.csv")
+    assert len(csv) >= 1 and {"val_accuracy", "sparsity", "test_accuracy", "front"} <= set(csv.columns)
+    png = (tmp_path / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "plotly" in (tmp_path / "pareto.html").read_text()[:200000].lower()
+    summaries = [read_offline_run(r) for r in offline_runs(study_dir)]
+    summaries = [s for s in summaries if "pareto" in s["tags"]]
+    assert len(summaries) == 1 and summaries[0]["group"] == "tiny"
+    assert any("pareto/front" in h for h in summaries[0]["history"])
+
+
+def test_export_then_retrain_reproduces_the_trial(tiny_study, tmp_path, data_dir):
+    study_dir, _, _ = tiny_study
+    proc = run_module("analysis.export", str(study_dir), "--pick", "max-accuracy", "--top-k", "1",
+                      "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (exported,) = tmp_path.glob("*.yaml")
+    doc = yaml.safe_load(exported.read_text())
+    assert doc["provenance"]["study"] == "tiny" and doc["config"]["method"] == "beta_vae"
+    expected = doc["provenance"]["metrics"]
+    proc = run_module("study.train", str(exported), "--data-dir", str(data_dir), "--out",
+                      str(tmp_path / "result.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((tmp_path / "result.json").read_text())["runs"][0]
+    for metric in ("val_accuracy", "test_accuracy", "sparsity", "nonzero_params"):
+        assert run[metric] == pytest.approx(expected[metric], abs=1e-12), metric
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("analysis.pareto", ["{missing}"], "does not exist"),
+    ("analysis.pareto", ["{empty}"], "no trial found"),
+    ("analysis.pareto", ["{study}", "--objectives", "val_accuracy", "latency"], "unknown metric 'latency'"),
+    ("analysis.export", ["{missing}", "--out", "{tmp}/x"], "does not exist"),
+    ("analysis.export", ["{notstudy}", "--out", "{tmp}/x"], "not a study folder"),
+    ("analysis.export", ["{study}", "--min-sparsity", "1.1", "--out", "{tmp}/x"], "no complete trial"),
+    ("analysis.collapse", ["{empty}"], "no trial found"),
+    ("study.train", ["{tmp}/absent.yaml"], "cannot read config"),
+])
+def test_bad_analysis_input_is_a_one_line_error_and_exit_code_2(tiny_study, tmp_path, module, args,
+                                                                message):
+    study_dir, _, _ = tiny_study
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "study.json").write_text("{}")
+    (tmp_path / "notstudy").mkdir()
+    paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "study": study_dir,
+             "notstudy": tmp_path / "notstudy", "tmp": tmp_path}
+    proc = run_module(module, *[a.format(**paths) for a in args], timeout=120)
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
