@@ -3,6 +3,7 @@
     python -m study.bench epoch --method beta_vae --set variant=vae      # seconds per epoch
     python -m study.bench beta-vae-table --rows cnn vae-1 vae-5          # shneider2023 Table I
     python -m study.bench reparam-table --rates 0.9 0.99                # dupont2021 Tables 1-2
+    python -m study.bench importance-curve --seeds 3                    # reddy Fig. 1 / Table 1
 
 Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
 """
@@ -139,6 +140,60 @@ def bench_reparam_table(args: argparse.Namespace) -> None:
         Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
 
 
+# reddy Table 1, MNIST, MLP 784-50-30-10: 92.17% accuracy with 68% of the neurons removed (its Fig. 1
+# and Table 1 report *training* accuracy; the curve below is test accuracy)
+PAPER_IMPORTANCE_MNIST = {"fraction": 0.68, "accuracy": 92.17}
+
+
+def bench_importance_curve(args: argparse.Namespace) -> None:
+    """reddy Fig. 1 on MNIST with the MLP 784-50-30-10: test accuracy against the fraction of
+    neurons removed, rank-based and random removal, several seeds. The fraction is measured from
+    the hidden weights' shapes in the last checkpoint, not from the method's bookkeeping."""
+    from study.models import build_model
+
+    data = load_dataset("mnist", args.data_dir)
+    dense = build_model("mlp50_30", data.input_shape, data.num_classes, data.mean, data.std).head
+    original = sum(m.out_features for m in dense if isinstance(m, torch.nn.Linear)) - data.num_classes
+    out = []
+    for fraction in args.fractions:
+        for variant in args.variants:
+            for seed in range(args.seeds):
+                config = {"method": "importance", "dataset": "mnist", "model": "mlp50_30",
+                          "variant": variant, "target_fraction": fraction, "seed": seed,
+                          **_settings(args.set)}
+                widths: list[int] = []
+
+                def report(metrics: dict[str, Any], folder: Path, widths=widths) -> None:
+                    if "test_accuracy" in metrics:
+                        weights = load_state(folder)["method"]["model"]
+                        rows = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in weights.items()
+                                      if k.startswith("head.") and k.endswith(".weight"))
+                        widths.extend(n for _, n in rows[:-1])  # hidden layers (the last: classes)
+
+                t0 = time.time()
+                final = train(config, data, report)
+                result = {"variant": variant, "seed": seed, "target_fraction": fraction,
+                          "neurons_removed": 1 - sum(widths) / original, "widths": widths,
+                          "test_accuracy": final["test_accuracy"], "val_accuracy": final["val_accuracy"],
+                          "sparsity": final["sparsity"], "params": final["params"],
+                          "flops": final["flops"], "epochs": final["epoch"],
+                          "minutes": (time.time() - t0) / 60}
+                print(json.dumps(result), flush=True)
+                out.append(result)
+    print(f"\n| target | variant | neurons removed | test accuracy % (mean +- std, {args.seeds} seeds) "
+          "| params | epochs |\n| --- | --- | --- | --- | --- | --- |")
+    for fraction in args.fractions:
+        for variant in args.variants:
+            runs = [r for r in out if r["target_fraction"] == fraction and r["variant"] == variant]
+            acc = [100 * r["test_accuracy"] for r in runs]
+            std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            print(f"| {fraction:.2f} | {variant} | {statistics.mean(r['neurons_removed'] for r in runs):.3f} "
+                  f"| {statistics.mean(acc):.2f} +- {std:.2f} | {runs[0]['params']} | {runs[0]['epochs']} |")
+    print(f"paper (reddy Table 1, training accuracy): {PAPER_IMPORTANCE_MNIST['accuracy']}% at "
+          f"{PAPER_IMPORTANCE_MNIST['fraction']:.0%} of the neurons removed")
+    if args.out:
+        Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -163,10 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--out", help="also write the rows as JSON lines here")
+    c = sub.add_parser("importance-curve", help="reddy Fig. 1: MNIST MLP accuracy vs neurons removed")
+    c.add_argument("--fractions", nargs="+", type=float, default=[0.2, 0.4, 0.6, 0.68, 0.8])
+    c.add_argument("--variants", nargs="+", default=["rank", "random"], choices=["rank", "random"])
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
     {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
-     "reparam-table": bench_reparam_table}[args.bench](args)
+     "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve}[args.bench](args)
     return 0
 
 
