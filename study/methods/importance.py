@@ -210,7 +210,7 @@ def planned_width(original: int, rnd: int, prune_fraction: float, target_fractio
     """A layer's width after round `rnd` (0: the original width); see the module docstring."""
     keep = max(1, original - round(target_fraction * original))  # at least one neuron survives
     if rnd >= rounds_needed(prune_fraction, target_fraction):
-        return min(original, keep)
+        return keep
     return max(keep, round(original * (1 - prune_fraction) ** rnd))
 
 
