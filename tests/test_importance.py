@@ -318,6 +318,7 @@ def test_a_trial_reports_widths_every_epoch_and_marks_the_removal_epochs(mnist):
     reports, states = _run(tiny(), mnist)
     assert [m["phase"] for m in reports] == ["warmup", "round1", "round1", "round2", "round2"]
     assert [m["importance/just_pruned"] for m in reports] == [0, 1, 0, 1, 0]
+    assert [m["importance/recovered"] for m in reports] == [0, 0, 1, 0, 1]
     assert [m["importance/neurons/head.0"] for m in reports] == [50, 35, 35, 25, 25]
     assert [m["importance/neurons/head.2"] for m in reports] == [30, 21, 21, 15, 15]
     params = [m["params"] for m in reports]
@@ -331,14 +332,15 @@ def test_a_trial_reports_widths_every_epoch_and_marks_the_removal_epochs(mnist):
     assert states[1]["method"]["widths"] == {"head.0": 35, "head.2": 21}
 
 
-@pytest.mark.parametrize("variant", ["rank", "random"])
-def test_a_trial_resumed_right_after_a_removal_continues_as_if_never_stopped(mnist, variant):
+# epoch 2 is round1's removal epoch; epoch 3 its recovery, the last before round2 begins
+@pytest.mark.parametrize("variant, stop_after", [("rank", 2), ("random", 2), ("rank", 3)])
+def test_a_trial_resumed_after_a_removal_continues_as_if_never_stopped(mnist, variant, stop_after):
     config = tiny(variant=variant)
     whole, _ = _run(config, mnist)
-    first, states = _run(config, mnist, stop_after=2)  # epoch 2 is round1's removal epoch
-    assert first[-1]["importance/just_pruned"] == 1
+    first, states = _run(config, mnist, stop_after=stop_after)
+    assert first[-1]["importance/neurons/head.0"] == 35
     rest, _ = _run(config, mnist, resume=states[-1])
-    assert [m["epoch"] for m in rest] == [3, 4, 5]
+    assert [m["epoch"] for m in rest] == list(range(stop_after + 1, 6))
     for a, b in zip(whole, first + rest, strict=True):
         assert a.keys() == b.keys()
         for k in a:

@@ -11,7 +11,9 @@ last; the first one's *input*, e.g. conv features, is never pruned). Schedule:
 
 so a round's first epoch reports the accuracy just after its removal (`importance/just_pruned` = 1,
 with `importance/val_accuracy_before_pruning` beside it) and its last epoch the accuracy after its
-recovery. Widths: after round r a layer of n0 neurons keeps max(keep, round(n0 * (1 - p)^r)),
+recovery (`importance/recovered` = 1; both flags at once when recovery_epochs = 0).
+
+Widths: after round r a layer of n0 neurons keeps max(keep, round(n0 * (1 - p)^r)),
 p = prune_fraction, so each round removes about p of the neurons remaining (rounded from the
 compounded real width, so rounding never drifts), and the last round, R = ceil(log(1 - t) /
 log(1 - p)) with t = target_fraction, lands exactly on keep = max(1, n0 - round(t * n0)); Python's
@@ -232,6 +234,7 @@ class Importance:
         self.optimizer = self._new_optimizer()
         self._pending_round = 0  # set by begin_phase: this epoch measures, then removes
         self._just_pruned = False
+        self._since_removal = -1  # training epochs since the last removal (-1: none yet)
         self._unpruned: nn.Module | None = None  # the model just before this epoch's removal
 
     def schedule(self) -> list[tuple[str, int]]:
@@ -266,6 +269,7 @@ class Importance:
                 n += len(x)
         if rnd > 0:
             self._remove(rnd, meters)
+        self._since_removal = 0 if rnd > 0 else self._since_removal + (self._since_removal >= 0)
         return {"loss": total / max(n, 1)}
 
     def _remove(self, rnd: int, meters: dict[str, ContributionMeter]) -> None:
@@ -310,6 +314,7 @@ class Importance:
         out["importance/neurons_removed"] = 1 - sum(widths.values()) / sum(self.original.values())
         out["importance/round"] = self.rounds_done
         out["importance/just_pruned"] = float(self._just_pruned)
+        out["importance/recovered"] = float(self._since_removal == self.cfg.recovery_epochs)
         if self._unpruned is not None:  # the same evaluation as val_accuracy, before the removal
             from study.trainable import accuracy  # (the trainable imports the methods)
 
@@ -319,12 +324,13 @@ class Importance:
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "widths": self.widths(), "rounds_done": self.rounds_done}
+                "widths": self.widths(), "rounds_done": self.rounds_done,
+                "since_removal": self._since_removal}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         resize(self.model.head, state["widths"])  # shapes first, then the tensors
         self.model.load_state_dict(state["model"])
         self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rounds_done = state["rounds_done"]
+        self.rounds_done, self._since_removal = state["rounds_done"], state["since_removal"]
         self._pending_round, self._just_pruned, self._unpruned = 0, False, None
