@@ -73,9 +73,9 @@ class ImportanceConfig:
     optimizer: str = setting("adam", "optimizer; its state survives removals, sliced",
                              choices=("adam", "sgd"))
     momentum: float = setting(0.9, "SGD momentum (sgd only)", low=0.0, high=0.999)
-    eps: float = setting(1e-12, "guard of Eq. 1's denominator sum_i |w_ij a_if| (a ratio whose "
-                         "denominator is below it is 0: then every numerator is ~0 too)",
-                         low=0.0, high=1e-3)
+    eps: float = setting(1e-12, "floor of Eq. 1's denominator sum_i |w_ij a_if|: all-zero inputs "
+                         "(every ReLU off) give ratios 0, never 0/0",
+                         low=1e-30, high=1e-3)
 
 
 # --- Eq. 1 and Eq. 2 --------------------------------------------------------------------------
@@ -86,8 +86,8 @@ def contribution_ratios(a: torch.Tensor, w: torch.Tensor, eps: float) -> torch.T
 
     Guard: the paper's signed ratio w a / sum(w a) explodes when the pre-activation sum is near zero
     and flips sign when it is negative, so it ranks nothing. Absolute values make every ratio a
-    share in [0, 1] of the next neuron's input mass (the shares of one (f, j) sum to 1); a
-    denominator below `eps` (all inputs ~0, e.g. every ReLU off) gives ratio 0, never NaN.
+    share in [0, 1] of the next neuron's input mass (the shares of one (f, j) sum to 1). The
+    denominator is floored at `eps`, so all-zero inputs (every ReLU off) give ratios 0, never NaN.
     """
     a, w = a.detach().float().abs(), w.detach().float().abs()
     denom = (a @ w.T).clamp_min(eps)  # F x M: sum_i |w_ji a_fi|
