@@ -162,8 +162,12 @@ def bench_importance_curve(args: argparse.Namespace) -> None:
                           "variant": variant, "target_fraction": fraction, "seed": seed,
                           **_settings(args.set)}
                 widths: list[int] = []
+                rounds: list[tuple[float, float]] = []  # val accuracy just before, just after removal
 
-                def report(metrics: dict[str, Any], folder: Path, widths=widths) -> None:
+                def report(metrics: dict[str, Any], folder: Path, widths=widths, rounds=rounds) -> None:
+                    if metrics.get("importance/just_pruned"):
+                        rounds.append((metrics["importance/val_accuracy_before_pruning"],
+                                       metrics["val_accuracy"]))
                     if "test_accuracy" in metrics:
                         weights = load_state(folder)["method"]["model"]
                         rows = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in weights.items()
@@ -177,18 +181,22 @@ def bench_importance_curve(args: argparse.Namespace) -> None:
                           "test_accuracy": final["test_accuracy"], "val_accuracy": final["val_accuracy"],
                           "sparsity": final["sparsity"], "params": final["params"],
                           "flops": final["flops"], "epochs": final["epoch"],
-                          "minutes": (time.time() - t0) / 60}
+                          "val_drop": statistics.mean(b - a for b, a in rounds) if rounds else 0.0,
+                          "val_before_after": rounds, "minutes": (time.time() - t0) / 60}
                 print(json.dumps(result), flush=True)
                 out.append(result)
     print(f"\n| target | variant | neurons removed | test accuracy % (mean +- std, {args.seeds} seeds) "
-          "| params | epochs |\n| --- | --- | --- | --- | --- | --- |")
+          "| val accuracy drop per removal (pts) | params | epochs |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     for fraction in args.fractions:
         for variant in args.variants:
             runs = [r for r in out if r["target_fraction"] == fraction and r["variant"] == variant]
             acc = [100 * r["test_accuracy"] for r in runs]
             std = statistics.stdev(acc) if len(acc) > 1 else 0.0
             print(f"| {fraction:.2f} | {variant} | {statistics.mean(r['neurons_removed'] for r in runs):.3f} "
-                  f"| {statistics.mean(acc):.2f} +- {std:.2f} | {runs[0]['params']} | {runs[0]['epochs']} |")
+                  f"| {statistics.mean(acc):.2f} +- {std:.2f} "
+                  f"| {100 * statistics.mean(r['val_drop'] for r in runs):.2f} "
+                  f"| {runs[0]['params']} | {runs[0]['epochs']} |")
     print(f"paper (reddy Table 1, training accuracy): {PAPER_IMPORTANCE_MNIST['accuracy']}% at "
           f"{PAPER_IMPORTANCE_MNIST['fraction']:.0%} of the neurons removed")
     if args.out:
