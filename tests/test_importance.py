@@ -19,10 +19,9 @@ from study.methods.importance import (
     ImportanceConfig,
     contribution_ratios,
     measuring,
-    planned_width,
+    planned_widths,
     prunable_layers,
     remove_neurons,
-    rounds_needed,
 )
 from study.models import build_model
 from study.sparsity import DenseReference, size_metrics
@@ -124,26 +123,33 @@ def test_lambdas_weight_c_avg_and_c_max_and_change_which_neuron_is_lowest():
 
 # --- schedule ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("width, p, t, rounds, final", [
-    (50, 0.1, 0.68, 11, 16), (30, 0.1, 0.68, 11, 10),  # paper's MLP at its 68%
-    (50, 0.1, 0.19, 2, 40),  # (1 - p)^2 = 1 - t exactly: no extra round
-    (30, 0.5, 0.99, 7, 1),  # never below one neuron
-    (1024, 0.2, 0.4, 3, 614),
+@pytest.mark.parametrize("width, p, t, expected", [
+    (50, 0.2, 0.68, [50, 40, 32, 26, 21, 17, 16]),  # the paper's MLP at its 68%: keep 50 - 34
+    (30, 0.2, 0.68, [30, 24, 19, 15, 12, 10]),  # keep 30 - round(20.4)
+    (30, 0.5, 0.99, [30, 15, 7, 3, 1]),  # never below one neuron; round(7.5) = 8, round(1.5) = 2
+    (5, 0.05, 0.6, [5, 4, 3, 2]),  # round(0.25) = 0: still one neuron per round
+    (50, 0.3, 0.0, [50]),  # no target: no round
 ])
-def test_rounds_remove_about_p_of_the_remaining_neurons_and_the_last_hits_the_target(width, p, t,
-                                                                                     rounds, final):
-    assert rounds_needed(p, t) == rounds
-    widths = [planned_width(width, r, p, t) for r in range(rounds + 1)]
-    assert widths[0] == width and widths[-1] == final
-    assert all(b <= a for a, b in zip(widths, widths[1:], strict=False))
-    assert all(abs(widths[r] - max(final, width * (1 - p) ** r)) <= 0.5 for r in range(rounds))
-    assert rounds_needed(p, 0.0) == 0
+def test_each_round_removes_p_of_the_remaining_neurons_and_the_last_hits_the_target(width, p, t,
+                                                                                    expected):
+    widths = planned_widths(width, p, t)
+    assert widths == expected
+    keep = max(1, width - round(t * width))
+    for a, b in zip(widths, widths[1:], strict=False):
+        assert b == max(keep, a - max(1, round(p * a)))
 
 
 def test_the_schedule_is_warmup_then_rounds_of_one_removal_epoch_and_the_recovery():
     method = Importance(ImportanceConfig(warmup_epochs=3, prune_fraction=0.5, target_fraction=0.8,
                                          recovery_epochs=2), MNIST_INFO, CPU)
+    # head.0: 50, 25, 13, 10 (keep 10); head.2: 30, 15, 7, 6 (keep 6): three rounds
+    assert method.plan == {"head.0": [50, 25, 13, 10], "head.2": [30, 15, 7, 6]}
     assert method.schedule() == [("warmup", 3), ("round1", 3), ("round2", 3), ("round3", 3)]
+    # a layer that reaches its target first stops shrinking while the other goes on
+    method = Importance(ImportanceConfig(prune_fraction=0.2, target_fraction=0.68), MNIST_INFO, CPU)
+    assert method.rounds == 6 and len(method.plan["head.2"]) == 6  # head.2 is done after round 5
+    method._remove(6, {"head.0": _meter([1.0] * 50), "head.2": _meter([1.0] * 30)})
+    assert method.widths() == {"head.0": 16, "head.2": 10}
     assert Importance(ImportanceConfig(target_fraction=0.0), MNIST_INFO, CPU).schedule() == [("warmup", 2)]
 
 

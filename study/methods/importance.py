@@ -13,10 +13,10 @@ so a round's first epoch reports the accuracy just after its removal (`importanc
 with `importance/val_accuracy_before_pruning` beside it) and its last epoch the accuracy after its
 recovery (`importance/recovered` = 1; both flags at once when recovery_epochs = 0).
 
-Widths: after round r a layer of n0 neurons keeps max(keep, round(n0 * (1 - p)^r)),
-p = prune_fraction, so each round removes about p of the neurons remaining (rounded from the
-compounded real width, so rounding never drifts), and the last round, R = ceil(log(1 - t) /
-log(1 - p)) with t = target_fraction, lands exactly on keep = max(1, n0 - round(t * n0)); Python's
+Widths: each round removes round(p * w) of a layer's w remaining neurons (p = prune_fraction; at
+least 1), never going below keep = max(1, n0 - round(t * n0)) of its n0 original neurons
+(t = target_fraction); rounds go on until every layer holds exactly keep, so each round removes
+neurons and the last lands on the target (layers that get there first stop shrinking). Python's
 round (halves to even) throughout. Variant `random` (the paper's Fig. 1 baseline) removes as many
 neurons, chosen uniformly at random, and measures nothing.
 
@@ -28,7 +28,6 @@ shapes before loading tensors.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -200,20 +199,16 @@ def resize(head: nn.Sequential, widths: dict[str, int]) -> None:
 
 # --- the schedule's arithmetic ---------------------------------------------------------------
 
-def rounds_needed(prune_fraction: float, target_fraction: float) -> int:
-    """R = ceil(log(1 - t) / log(1 - p)): the first round whose compounded width reaches the target
-    (a tolerance keeps exact powers, e.g. t = 0.19, p = 0.1, at 2 rounds)."""
-    if target_fraction <= 0:
-        return 0
-    return max(1, math.ceil(math.log1p(-target_fraction) / math.log1p(-prune_fraction) - 1e-9))
-
-
-def planned_width(original: int, rnd: int, prune_fraction: float, target_fraction: float) -> int:
-    """A layer's width after round `rnd` (0: the original width); see the module docstring."""
+def planned_widths(original: int, prune_fraction: float, target_fraction: float) -> list[int]:
+    """A layer's widths after rounds 0 (the original), 1, ..., until it keeps
+    max(1, original - round(target_fraction * original)): each round removes
+    max(1, round(prune_fraction * remaining)) neurons, the last only down to that."""
     keep = max(1, original - round(target_fraction * original))  # at least one neuron survives
-    if rnd >= rounds_needed(prune_fraction, target_fraction):
-        return keep
-    return max(keep, round(original * (1 - prune_fraction) ** rnd))
+    widths = [original]
+    while widths[-1] > keep:
+        width = widths[-1]
+        widths.append(max(keep, width - max(1, round(prune_fraction * width))))
+    return widths
 
 
 class Importance:
@@ -229,7 +224,9 @@ class Importance:
             raise ConfigError(f"setting 'model' {config.model!r} has no hidden linear layer in its "
                               "head to remove neurons from")
         self.original = {name: self.model.head[i].out_features for name, i, _ in layers}
-        self.rounds = rounds_needed(config.prune_fraction, config.target_fraction)
+        self.plan = {name: planned_widths(n, config.prune_fraction, config.target_fraction)
+                     for name, n in self.original.items()}
+        self.rounds = max(len(widths) - 1 for widths in self.plan.values())  # until all hit keep
         self.rounds_done = 0
         self.optimizer = self._new_optimizer()
         self._pending_round = 0  # set by begin_phase: this epoch measures, then removes
@@ -282,8 +279,7 @@ class Importance:
         keeps = {}
         for name, i, _ in prunable_layers(head):
             width = head[i].out_features
-            target = planned_width(self.original[name], rnd, self.cfg.prune_fraction,
-                                   self.cfg.target_fraction)
+            target = self.plan[name][min(rnd, len(self.plan[name]) - 1)]
             if target >= width:
                 continue
             if self.cfg.variant == "rank":  # Alg. 1 steps 11, 15: the bottom ones go, ties by index
