@@ -122,18 +122,22 @@ def bench_reparam_table(args: argparse.Namespace) -> None:
 
             t0 = time.time()
             final = train(config, data, report)
-            model = build_model(args.model, data.input_shape, data.num_classes, data.mean, data.std)
-            model.load_state_dict(last["before"])
             result = {"variant": variant, "rate": rate, "model": args.model, "dataset": args.dataset,
                       "epochs": args.epochs,
-                      "finetune_epochs": args.finetune_epochs if variant == "mag_ft" else 0,
-                      "test_accuracy": final["test_accuracy"],
-                      "test_accuracy_before_pruning": accuracy(model, data.test_x, data.test_y, 1024),
-                      "val_accuracy": final["val_accuracy"], "sparsity": final["sparsity"],
-                      "prunable_sparsity": final["prunable_sparsity"],
-                      "surrogate_remaining": final.get("reparam/surrogate_remaining"),
-                      "minutes": (time.time() - t0) / 60,
-                      "paper_conv4_cifar10": PAPER_CONV4[variant].get(rate)}
+                      "finetune_epochs": args.finetune_epochs if variant == "mag_ft" else 0}
+            if "test_accuracy" not in final:  # diverged: the trial ended without a final test
+                print(json.dumps({**result, "diverged_at_epoch": final["epoch"]}), flush=True)
+                continue
+            model = build_model(args.model, data.input_shape, data.num_classes, data.mean, data.std)
+            model.load_state_dict(last["before"])
+            result.update({
+                "test_accuracy": final["test_accuracy"],
+                "test_accuracy_before_pruning": accuracy(model, data.test_x, data.test_y, 1024),
+                "val_accuracy": final["val_accuracy"], "sparsity": final["sparsity"],
+                "prunable_sparsity": final["prunable_sparsity"],
+                "surrogate_remaining": final.get("reparam/surrogate_remaining"),
+                "minutes": (time.time() - t0) / 60,
+                "paper_conv4_cifar10": PAPER_CONV4[variant].get(rate)})
             print(json.dumps(result), flush=True)
             out.append(result)
     if args.out:
