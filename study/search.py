@@ -12,11 +12,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from study.config import ConfigError
-from study.data import DATASETS, DataError, default_data_dir, load_dataset
+from study.data import DATASETS, DataError, Dataset, default_data_dir, load_dataset
 from study.methods import METHODS
 from study.spaces import StudySpace, load_space, parse_assignment
 
@@ -32,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "else mnist)")
     p.add_argument("--data-dir", default=None, help="dataset root (default: $PRUNESTUDY_DATA_DIR or "
                    "./data); datasets missing there are downloaded when the network allows")
-    p.add_argument("--num-samples", type=int, default=8, help="trials in the study")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="trials in the study (default 8); with --resume, a larger number extends it")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once (0: as many as the resources allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -45,11 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a setting, searched or not (repeatable)")
     p.add_argument("--address", help="join this Ray cluster instead of starting one locally")
+    p.add_argument("--resume", metavar="NAME",
+                   help="continue the interrupted study NAME of --storage-dir: finished trials are "
+                   "kept, running ones continue from their last checkpoint")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a crashed trial, each from its last checkpoint")
     args = p.parse_args(argv)
     for flag in ("num_samples", "cpus_per_trial"):
-        if getattr(args, flag) <= 0:
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.gpus_per_trial < 0 or args.max_concurrent < 0 or args.max_failures < 0:
         p.error("--gpus-per-trial, --max-concurrent and --max-failures must not be negative")
@@ -129,24 +134,100 @@ def summarize(df: pd.DataFrame, searched: list[str]) -> str:
             + table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def run(args: argparse.Namespace) -> int:
+def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
+    """Check everything, then create the study folder and its study.json."""
     space = build_space(args)
     dataset_name = space.fixed["dataset"]
     name = args.name or f"{args.method}-{dataset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_dir = Path(args.storage_dir).resolve()
-    study_dir = storage_dir / name
-    if (study_dir / "optuna.db").exists():
-        raise ConfigError(f"study folder {study_dir} already holds a study; choose another --name")
-    data = load_dataset(dataset_name, args.data_dir or default_data_dir())
+    study_dir = Path(args.storage_dir).resolve() / name
+    if (study_dir / "study.json").exists() or (study_dir / "optuna.db").exists():
+        raise ConfigError(f"study folder {study_dir} already holds a study; choose another --name "
+                          f"or continue it with --resume {name}")
+    data_dir = Path(args.data_dir or default_data_dir()).resolve()
+    data = load_dataset(dataset_name, data_dir)  # fail before creating anything
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
+        probe = study_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
     except OSError as e:
-        raise ConfigError(f"cannot create study folder {study_dir}: {e.strerror}") from None
-    (study_dir / "study.json").write_text(json.dumps({
-        "method": args.method, "dataset": dataset_name, "fixed": space.fixed,
-        "search": {k: repr(v) for k, v in space.search.items()}, "sampler": args.sampler,
-        "seed": args.seed, "num_samples": args.num_samples, "cpus_per_trial": args.cpus_per_trial,
-        "gpus_per_trial": args.gpus_per_trial, "argv": sys.argv[1:]}, indent=2))
+        raise ConfigError(f"cannot write the study folder {study_dir}: {e.strerror}") from None
+    info = {"name": name, "method": args.method, "dataset": dataset_name, "data_dir": str(data_dir),
+            "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
+            "sampler": args.sampler, "seed": args.seed, "num_samples": args.num_samples or 8,
+            "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "argv": sys.argv[1:]}
+    (study_dir / "study.json").write_text(json.dumps(info, indent=2))
+    return study_dir, {**info, "space": space}, data
+
+
+def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
+    """Check an interrupted study can be resumed; nothing in it is modified here."""
+    study_dir = Path(args.storage_dir).resolve() / args.resume
+    if not (study_dir / "study.json").exists() or not (study_dir / "tuner.pkl").exists():
+        raise ConfigError(f"{study_dir} is not a study folder that can be resumed "
+                          "(no study.json or tuner.pkl)")
+    info = json.loads((study_dir / "study.json").read_text())
+    if info["method"] != args.method:
+        raise ConfigError(f"study {args.resume} ran method {info['method']!r}, not {args.method!r}")
+    if args.num_samples is not None and args.num_samples < info["num_samples"]:
+        raise ConfigError(f"--num-samples {args.num_samples} is below the study's "
+                          f"{info['num_samples']}; a resumed study can only grow")
+    if args.data_dir:
+        info["data_dir"] = str(Path(args.data_dir).resolve())
+    data = load_dataset(info["dataset"], info["data_dir"])
+    if not os.access(study_dir, os.W_OK):
+        raise ConfigError(f"cannot write the study folder {study_dir}")
+    return study_dir, info, data
+
+
+def _set_total_samples(study_dir: Path, total: int) -> None:
+    """Let a resumed study grow: Ray keeps the number of samples in its search-generator state."""
+    import ray.cloudpickle as pickle
+
+    for path in study_dir.glob("search_gen_state-*.json"):
+        state = pickle.loads(path.read_bytes())
+        state["total_samples"], state["finished"] = total, False
+        tmp = path.with_name(f"tmp-{path.name}")
+        tmp.write_bytes(pickle.dumps(state))
+        tmp.replace(path)
+
+
+def reconcile_optuna(study_dir: Path, name: str) -> int:
+    """Make the Optuna study agree with Ray's trials after a run: a trial Optuna still holds as
+    RUNNING was orphaned by an interrupted driver (asked after Ray's last snapshot): it is told
+    COMPLETE with its final metrics if its Ray trial finished, else FAIL. Returns how many."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    fixed = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        final = _final_result(study_dir / f"trial_{t.user_attrs.get('ray_trial_id')}")
+        if final is not None and all(m in final for m in OBJECTIVES):
+            study.tell(t.number, [final[m] for m in OBJECTIVES])
+        else:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        fixed += 1
+    return fixed
+
+
+def _final_result(trial_dir: Path) -> dict[str, Any] | None:
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        return row if "test_accuracy" in row else None
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    study_dir, info, data = _resumed_study(args) if args.resume else _new_study(args)
+    name = info.get("name", study_dir.name)
 
     from study import tracking
 
@@ -158,31 +239,42 @@ def run(args: argparse.Namespace) -> int:
 
     init_ray(args.address, env)
     try:
-        searcher = make_searcher(space, study_dir, name, args.sampler, args.seed)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
-                                        {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable, param_space=space.fixed,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=args.num_samples,
-                                        max_concurrent_trials=args.max_concurrent or None,
-                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(storage_dir), verbose=1,
-                callbacks=[tracking.logger_callback(study_dir, name, args.method, dataset_name)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+                                        {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]})
+        if args.resume:
+            if args.num_samples and args.num_samples > info["num_samples"]:
+                _set_total_samples(study_dir, args.num_samples)
+                info["num_samples"] = args.num_samples
+                (study_dir / "study.json").write_text(json.dumps(info, indent=2))
+            tuner = tune.Tuner.restore(str(study_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            space = info.pop("space")
+            tuner = tune.Tuner(
+                trainable, param_space=space.fixed,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(space, study_dir, name, args.sampler, args.seed),
+                    num_samples=info["num_samples"], max_concurrent_trials=args.max_concurrent or None,
+                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(study_dir.parent), verbose=1,
+                    callbacks=[tracking.logger_callback(study_dir, name, args.method, info["dataset"])],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=args.max_failures)))
         if mode == "offline":
             print(f"W&B is offline (no credentials): runs go to {study_dir / 'wandb'}; sync them "
                   f"later with `wandb sync {study_dir / 'wandb'}/offline-run-*`", flush=True)
         results = tuner.fit()
+        reconciled = reconcile_optuna(study_dir, name)
         df = results.get_dataframe()
         print()
-        print(summarize(df, list(space.search)))
-        failed = len(results.errors)
-        print(f"\n{len(df)} trials, {failed} failed. Study folder: {study_dir}")
+        print(summarize(df, [k[len("config/"):] for k in df.columns if k.startswith("config/")
+                             and df[k].nunique(dropna=True) > 1]))
+        print(f"\n{len(df)} trials, {len(results.errors)} failed"
+              + (f", {reconciled} Optuna trials reconciled with Ray's" if reconciled else "")
+              + f". Study folder: {study_dir}")
         print(f"Optuna storage: sqlite:///{study_dir / 'optuna.db'} (optuna-dashboard can open it)")
-        print(f"W&B ({mode}): {len(tracking.offline_runs(study_dir)) if mode == 'offline' else 'see'} "
-              f"runs in group {name!r} under {study_dir / 'wandb'}")
+        print(f"W&B ({mode}): runs in group {name!r} under {study_dir / 'wandb'}")
     finally:
         ray.shutdown()
     return 0
@@ -190,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # every epoch checkpoints (num_to_keep=1 forces an experiment snapshot each time): by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a diverged trial's last report has no objectives (Optuna records it as pruned): allowed
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     try:
         return run(args)
     except (ConfigError, DataError) as e:
@@ -198,6 +294,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # every epoch checkpoints (num_to_keep=1 forces an experiment snapshot each time): by design
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     sys.exit(main())

@@ -71,14 +71,17 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(), "batches": batch_rng.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict[str, Any], batch_rng: torch.Generator) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     batch_rng.set_state(state["batches"])
     if state["cuda"] is not None and torch.cuda.is_available():
@@ -153,6 +156,9 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     metrics: dict[str, Any] = {}
+    if start >= total:  # resumed from the final checkpoint (the trial ended after Ray's last
+        report(resume["metrics"], None)  # snapshot): report its final metrics again, train nothing
+        return resume["metrics"]
     for epoch in range(start, total):
         phase, first = _phase_at(schedule, epoch)
         if first:
@@ -181,7 +187,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
                 metrics["test_accuracy"] = accuracy(model, data.test_x, data.test_y,
                                                     trial.eval_batch_size)
         state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
-                 "dense": vars(dense), "config": dict(config)}
+                 "dense": vars(dense), "config": dict(config), "metrics": metrics}
         with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
             torch.save(state, Path(d) / STATE_FILE)
             report(metrics, Path(d))
@@ -189,7 +195,8 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
 
 
 def load_state(folder: str | Path) -> dict[str, Any]:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    """A state saved by `train`: tensors and plain values only (weights_only: no code runs)."""
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def run_trial(config: dict[str, Any], data: Dataset | None = None) -> None:
@@ -199,10 +206,20 @@ def run_trial(config: dict[str, Any], data: Dataset | None = None) -> None:
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
+        # Ray only hands back this trial's own checkpoints; refuse anything else, and load
+        # tensors and plain values only (no pickled code) whatever the path.
+        own = f"/{tune.get_context().get_experiment_name()}/{Path(tune.get_context().get_trial_dir()).name}/"
+        if own not in checkpoint.path:
+            raise RuntimeError(f"refusing checkpoint {checkpoint.path}: not under this trial's folder")
         with checkpoint.as_directory() as d:
             resume = load_state(d)
 
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()  # which machine ran it, for clusters
+
     def report(metrics: dict[str, Any], folder: Path | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
+        tune.report({**metrics, "node_id": node_id},
+                    checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
 
     train(config, data, report, resume)

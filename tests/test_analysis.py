@@ -103,10 +103,14 @@ def test_pareto_command_writes_csv_plots_and_a_wandb_summary(tiny_study, tmp_pat
     png = (tmp_path / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "plotly" in (tmp_path / "pareto.html").read_text()[:200000].lower()
-    summaries = [read_offline_run(r) for r in offline_runs(study_dir)]
-    summaries = [s for s in summaries if "pareto" in s["tags"]]
-    assert len(summaries) == 1 and summaries[0]["group"] == "tiny"
-    assert any("pareto/front" in h for h in summaries[0]["history"])
+    runs = [r for r in offline_runs(study_dir) if "pareto" in read_offline_run(r)["tags"]]
+    assert len(runs) == 1
+    summary = read_offline_run(runs[0])
+    assert summary["group"] == "tiny"
+    (logged,) = [h for h in summary["history"] if h.get("pareto/front/_type") == "table-file"]
+    assert logged["pareto/front/nrows"] == len(csv)
+    table = json.loads((runs[0] / "files" / logged["pareto/front/path"]).read_text())
+    assert len(table["data"]) == len(csv) and "val_accuracy" in table["columns"]
 
 
 def test_export_then_retrain_reproduces_the_trial(tiny_study, tmp_path, data_dir):

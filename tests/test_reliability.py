@@ -1,0 +1,221 @@
+"""Studies survive a killed driver, crashing and diverging trials, a lost node and bad input
+(real processes on loopback, bounded in time)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from study.tracking import offline_runs
+from tests.conftest import ROOT, ray_pids, run_module
+
+FAST = ["--set", "variant=cnn", "--set", "beta=0", "--set", "epochs=2", "--set", "head_epochs=1",
+        "--set", "prune_epochs=1", "--set", "train_subset=400", "--set", "batch_size=100"]
+TOTAL_EPOCHS = 4
+
+
+def _trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}").get_trials()
+
+
+def _epochs(trial_dir: Path) -> list[int]:
+    path = trial_dir / "result.json"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_group(proc: subprocess.Popen, before: set[int]) -> None:
+    """SIGKILL the driver's whole process group, then any Ray process it started that outlived it."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pid in ray_pids() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _wait(lambda: not (ray_pids() - before), 30, "Ray processes of the killed driver to end")
+
+
+def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, data_dir):
+    """Two kill-and-resume cycles, each killing the driver with SIGKILL mid-study."""
+    name, study_dir = "killed", tmp_path / "killed"
+    args = ["study.search", "beta_vae", "--name", name, "--storage-dir", str(tmp_path), "--num-samples",
+            "3", "--max-concurrent", "1", "--sampler", "random", "--data-dir", str(data_dir), *FAST]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    before = ray_pids()
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def trial_done_and_next_checkpointed() -> bool:
+        done = [t for t in _trials(study_dir, name) if t.state.name == "COMPLETE"] if (
+            study_dir / "optuna.db").exists() else []
+        started = [d for d in study_dir.glob("trial_*") if 0 < len(_epochs(d)) < TOTAL_EPOCHS]
+        return bool(done) and bool(started)
+
+    _wait(trial_done_and_next_checkpointed, 300, "a finished trial and a running one")
+    _kill_group(proc, before)
+    cycles = 1
+    finished_before = {d.name: _epochs(d) for d in study_dir.glob("trial_*")
+                       if _epochs(d)[-1:] == [TOTAL_EPOCHS]}
+    resume = ["study.search", "beta_vae", "--resume", name, "--storage-dir", str(tmp_path),
+              "--data-dir", str(data_dir)]
+    # second cycle: kill the resumed driver as soon as it has made progress, then resume again
+    proc = subprocess.Popen([sys.executable, "-m", *resume], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = sum(len(_epochs(d)) for d in study_dir.glob("trial_*"))
+    _wait(lambda: sum(len(_epochs(d)) for d in study_dir.glob("trial_*")) > progress, 300,
+          "the resumed study to make progress")
+    _kill_group(proc, before)
+    cycles += 1
+    done = run_module(*resume)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cycles == 2
+
+    trials = _trials(study_dir, name)
+    assert len(trials) >= 3
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3  # the number asked for, none lost
+    assert not [t for t in trials if t.state.name == "RUNNING"]  # none left running forever
+    assert len({t.user_attrs["ray_trial_id"] for t in complete}) == 3  # none told twice
+    ray_done = {d.name for d in study_dir.glob("trial_*") if _epochs(d)[-1:] == [TOTAL_EPOCHS]}
+    assert {f"trial_{t.user_attrs['ray_trial_id']}" for t in complete} <= ray_done
+    for trial, epochs in finished_before.items():  # a finished trial was never run again
+        assert _epochs(study_dir / trial) == epochs
+    for trial in ray_done:  # no trial ran twice from the start
+        assert _epochs(study_dir / trial).count(1) == 1, trial
+    assert not (ray_pids() - before)
+
+
+def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, data_dir, monkeypatch):
+    marker = tmp_path / "raised"
+    monkeypatch.setenv("PRUNESTUDY_INJECT_FAULT", f"raise@3@{marker}")
+    proc = run_module("study.search", "beta_vae", "--name", "retry", "--storage-dir", str(tmp_path),
+                      "--num-samples", "1", "--data-dir", str(data_dir), *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists()  # it did raise
+    (trial_dir,) = (tmp_path / "retry").glob("trial_*")
+    assert _epochs(trial_dir) == [1, 2, 3, 4]  # epochs 1-2 kept, 3 redone after the crash
+    (trial,) = _trials(tmp_path / "retry", "retry")
+    assert trial.state.name == "COMPLETE"
+
+
+def test_a_nan_loss_ends_the_trial_as_diverged_and_the_search_goes_on(tmp_path, data_dir, monkeypatch):
+    from analysis.results import load_results
+
+    monkeypatch.setenv("PRUNESTUDY_INJECT_FAULT", "nan@2")
+    proc = run_module("study.search", "beta_vae", "--name", "nan", "--storage-dir", str(tmp_path),
+                      "--num-samples", "2", "--data-dir", str(data_dir), *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = load_results([tmp_path / "nan"])
+    assert list(df["status"]) == ["diverged", "diverged"]
+    assert (df["epoch"] == 2).all() and df["val_accuracy"].notna().all()  # metrics so far kept
+    assert [t.state.name for t in _trials(tmp_path / "nan", "nan")] == ["PRUNED", "PRUNED"]
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_runs_trials_on_both_and_survives_losing_the_worker(tmp_path, data_dir):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study.search", "beta_vae", "--name", "cluster", "--storage-dir",
+             str(tmp_path), "--num-samples", "4", "--address", cluster.address, "--data-dir",
+             str(data_dir), "--max-failures", "3", *FAST[:-4], "--set", "train_subset=3000",
+             "--set", "batch_size=100"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        study_dir = tmp_path / "cluster"
+
+        def nodes_seen() -> set[str]:
+            seen = set()
+            for d in study_dir.glob("trial_*"):
+                for line in (d / "result.json").read_text().splitlines() if (
+                        d / "result.json").exists() else []:
+                    seen.add(json.loads(line)["node_id"])
+            return seen
+
+        _wait(lambda: len(nodes_seen()) == 2, 300, "trials on both nodes")
+        cluster.remove_node(worker)  # the worker dies mid-trial
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        trials = _trials(study_dir, "cluster")
+        assert [t.state.name for t in trials].count("COMPLETE") == 4
+    finally:
+        cluster.shutdown()
+
+
+def test_bad_input_never_touches_an_existing_study(tmp_path, data_dir, tiny_study):
+    study_dir, _, _ = tiny_study
+    before = _digest(study_dir)
+    space = tmp_path / "space.yaml"
+    cases = {
+        "unknown method": (["gan"], "unknown method 'gan'"),
+        "unknown dataset": (["beta_vae", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+        "low > high": (["beta_vae", "--space", str(space)], "low must be below high",
+                       "search:\n  beta: {distribution: uniform, low: 2, high: 1}\n"),
+        "unknown distribution": (["beta_vae", "--space", str(space)], "unknown distribution 'normal'",
+                                 "search:\n  beta: {distribution: normal, low: 1, high: 2}\n"),
+        "unknown key": (["beta_vae", "--space", str(space)], "unknown setting 'gamma'",
+                        "fixed:\n  gamma: 1\n"),
+        "bad --set": (["beta_vae", "--set", "lr=fast"], "'lr' must be float"),
+        "missing data": (["beta_vae", "--data-dir", str(tmp_path / "nodata")], "not found under"),
+        "not a study": (["beta_vae", "--resume", "nothing"], "is not a study folder"),
+        "existing study": (["beta_vae", "--name", study_dir.name], "already holds a study"),
+        "resume other method": (["reparam", "--resume", study_dir.name], "ran method 'beta_vae'"),
+        "shrink on resume": (["beta_vae", "--resume", study_dir.name, "--num-samples", "1"],
+                             "can only grow"),
+    }
+    for what, (args, message, *text) in cases.items():
+        if text:
+            space.write_text(text[0])
+        extra = [] if "--data-dir" in args else ["--data-dir", str(data_dir)]
+        proc = run_module("study.search", *args, "--storage-dir", str(study_dir.parent), *extra,
+                          timeout=120)
+        assert proc.returncode == 2, (what, proc.stderr[-2000:])
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (what, proc.stderr)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    proc = run_module("study.search", "beta_vae", "--storage-dir", str(blocked), "--data-dir",
+                      str(data_dir), timeout=120)
+    assert proc.returncode == 2 and "cannot write the study folder" in proc.stderr
+    assert _digest(study_dir) == before
+
+
+def test_a_planted_api_key_appears_nowhere(tmp_path, data_dir):
+    key = "fakekey" + "0123456789abcdef" * 2 + "Zq"
+    env_key = {"WANDB_API_KEY": key}
+    env = {**os.environ, **env_key, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "study.search", "beta_vae", "--name", "secret",
+                           "--storage-dir", str(tmp_path), "--num-samples", "1", "--data-dir",
+                           str(data_dir), *FAST], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert offline_runs(tmp_path / "secret")  # W&B did run
+    assert key not in proc.stdout and key not in proc.stderr
+    for path in (tmp_path / "secret").rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
