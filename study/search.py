@@ -95,6 +95,16 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
             return params
 
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            if result and result.get("diverged") and trial_id not in self._completed_trials:
+                # a diverged trial ended early: pruned, so TPE learns to avoid its region
+                self._ot_trials[trial_id].set_user_attr("diverged", True)
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+
     storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
     searcher = LinkedOptunaSearch(space=space.search, metric=OBJECTIVES, mode=MODES,
                                   sampler=make_sampler(sampler, seed), storage=storage,
@@ -114,9 +124,10 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
 
     if address:
         ray.init(address=address, runtime_env={"env_vars": env})
-    else:  # local: loopback only, no dashboard
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": env})
+    else:  # local, no dashboard. Ray 2.60 turns a 127.0.0.1 node address into the machine's and
+        # binds its gRPC servers to all interfaces regardless; its token auth (on by default)
+        # is what guards them. Newer Ray binds to the node address (ray-project/ray#59852).
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
 
 
 def summarize(df: pd.DataFrame, searched: list[str]) -> str:
