@@ -156,6 +156,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     metrics: dict[str, Any] = {}
+    checkpoint_seconds = None  # of the previous epoch; none before the first
     if start >= total:  # resumed from the final checkpoint (the trial ended after Ray's last
         report(resume["metrics"], None)  # snapshot): report its final metrics again, train nothing
         return resume["metrics"]
@@ -183,14 +184,19 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
                        "val_accuracy": accuracy(model, data.val_x, data.val_y, trial.eval_batch_size),
                        **size_metrics(model, dense, data.input_shape),
                        **method.diagnostics(phase, data.val_x, data.val_y), **extra}
+            if checkpoint_seconds is not None:
+                metrics["checkpoint_seconds"] = checkpoint_seconds
             if last:  # measured once, at the end; only reported, never optimized
                 metrics["test_accuracy"] = accuracy(model, data.test_x, data.test_y,
                                                     trial.eval_batch_size)
         state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
                  "dense": vars(dense), "config": dict(config), "metrics": metrics}
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
             torch.save(state, Path(d) / STATE_FILE)
             report(metrics, Path(d))
+        # saving + reporting (Ray persists the checkpoint in report): shown with the next epoch
+        checkpoint_seconds = time.perf_counter() - t0
     return metrics
 
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,25 @@ def tiny_config(**overrides):
     return config
 
 
-def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def ray_tmpdir() -> Path:
+    """A fresh, short RAY_TMPDIR (Ray's socket paths must stay short): every Ray process a test
+    starts carries it in its command line, so the test can find (and check) exactly its own."""
+    return Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+
+
+def ray_pids(marker: str | Path = "raylet|gcs_server") -> set[int]:
+    out = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True,
+                         check=False).stdout
+    return {int(p) for p in out.split()} - {os.getpid()}
+
+
+def run_module(module: str, *args: str, timeout: float = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m module args...` from the repo root, W&B offline, no API key in sight."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    env.pop("WANDB_API_KEY", None)
+    extra = env or {}
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
+    if "WANDB_API_KEY" not in extra:
+        env.pop("WANDB_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
@@ -70,16 +86,10 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
 def tiny_study(tmp_path_factory, data_dir):
     """A real 2-trial beta_vae study through the CLI, shared by the tests that read one."""
     storage = tmp_path_factory.mktemp("studies")
-    ray_before = ray_pids()
+    ray_dir = ray_tmpdir()
     proc = run_module("study.search", "beta_vae", "--num-samples", "2", "--max-concurrent", "2",
                       "--name", "tiny", "--storage-dir", str(storage), "--sampler", "random",
                       "--seed", "3", "--data-dir", str(data_dir), "--set", "epochs=1",
                       "--set", "head_epochs=1", "--set", "prune_epochs=1", "--set", "train_subset=500",
-                      "--set", "latent_dim=4")
-    return storage / "tiny", proc, ray_pids() - ray_before
-
-
-def ray_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True,
-                         check=False).stdout
-    return {int(p) for p in out.split()}
+                      "--set", "latent_dim=4", env={"RAY_TMPDIR": str(ray_dir)})
+    return storage / "tiny", proc, ray_pids(ray_dir)

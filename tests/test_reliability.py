@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from study.tracking import offline_runs
-from tests.conftest import ROOT, ray_pids, run_module
+from tests.conftest import ROOT, ray_pids, ray_tmpdir, run_module
 
 FAST = ["--set", "variant=cnn", "--set", "beta=0", "--set", "epochs=2", "--set", "head_epochs=1",
         "--set", "prune_epochs=1", "--set", "train_subset=400", "--set", "batch_size=100"]
@@ -26,9 +26,13 @@ def _trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}").get_trials()
 
 
-def _epochs(trial_dir: Path) -> list[int]:
+def _results(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _epochs(trial_dir: Path) -> list[int]:
+    return [r["epoch"] for r in _results(trial_dir)]
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -45,16 +49,21 @@ def _wait(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _kill_group(proc: subprocess.Popen, before: set[int]) -> None:
-    """SIGKILL the driver's whole process group, then any Ray process it started that outlived it."""
+def _kill_group(proc: subprocess.Popen, ray_dir: Path, study_dir: Path) -> float:
+    """SIGKILL the driver's whole process group, then any Ray process it started that outlived it.
+    Returns the seconds of work lost: since the last checkpointed result of a running trial."""
+    rows = [_results(d)[-1] for d in study_dir.glob("trial_*") if _results(d)]
+    last = [r["timestamp"] for r in rows if r["epoch"] < TOTAL_EPOCHS]
     os.killpg(proc.pid, signal.SIGKILL)
+    lost = time.time() - max(last) if last else 0.0
     proc.wait(timeout=30)
-    for pid in ray_pids() - before:
+    for pid in ray_pids(ray_dir):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _wait(lambda: not (ray_pids() - before), 30, "Ray processes of the killed driver to end")
+    _wait(lambda: not ray_pids(ray_dir), 30, "Ray processes of the killed driver to end")
+    return lost
 
 
 def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, data_dir):
@@ -62,8 +71,8 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
     name, study_dir = "killed", tmp_path / "killed"
     args = ["study.search", "beta_vae", "--name", name, "--storage-dir", str(tmp_path), "--num-samples",
             "3", "--max-concurrent", "1", "--sampler", "random", "--data-dir", str(data_dir), *FAST]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    before = ray_pids()
+    ray_dir = ray_tmpdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_dir)}
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -74,8 +83,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
         return bool(done) and bool(started)
 
     _wait(trial_done_and_next_checkpointed, 300, "a finished trial and a running one")
-    _kill_group(proc, before)
-    cycles = 1
+    lost = [_kill_group(proc, ray_dir, study_dir)]
     finished_before = {d.name: _epochs(d) for d in study_dir.glob("trial_*")
                        if _epochs(d)[-1:] == [TOTAL_EPOCHS]}
     resume = ["study.search", "beta_vae", "--resume", name, "--storage-dir", str(tmp_path),
@@ -86,11 +94,11 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
     progress = sum(len(_epochs(d)) for d in study_dir.glob("trial_*"))
     _wait(lambda: sum(len(_epochs(d)) for d in study_dir.glob("trial_*")) > progress, 300,
           "the resumed study to make progress")
-    _kill_group(proc, before)
-    cycles += 1
-    done = run_module(*resume)
+    lost.append(_kill_group(proc, ray_dir, study_dir))
+    done = run_module(*resume, env={"RAY_TMPDIR": str(ray_dir)})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert cycles == 2
+    print(f"kill-and-resume cycles: {len(lost)}; seconds of work lost (redone) per kill: "
+          f"{[round(x, 1) for x in lost]}")
 
     trials = _trials(study_dir, name)
     assert len(trials) >= 3
@@ -104,7 +112,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
         assert _epochs(study_dir / trial) == epochs
     for trial in ray_done:  # no trial ran twice from the start
         assert _epochs(study_dir / trial).count(1) == 1, trial
-    assert not (ray_pids() - before)
+    assert not ray_pids(ray_dir)
 
 
 def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, data_dir, monkeypatch):
