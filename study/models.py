@@ -24,8 +24,9 @@ class BetaVAEClassifier(nn.Module):
 
     Encoder: two 3x3 stride-2 convolutions (32, 64 channels) and a dense layer of `hidden` units,
     then the latent mean and log-variance; the head classifies z; the decoder mirrors the encoder
-    (Keras' VAE example, which the paper's 69k-parameter MNIST model matches: with hidden=16 and
-    latent_dim=2 the encoder has 69,076 parameters). The inference model is encoder -> mean -> head:
+    (Keras' VAE example, which the paper's 69k-parameter MNIST model matches: with hidden=16 the
+    inference model has 69,072 parameters at latent_dim=2, 69,450 at 16). The inference model is
+    encoder -> mean -> head:
     the decoder and the log-variance layer only serve the VAE loss and are dropped after it.
     """
 
