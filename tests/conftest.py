@@ -93,3 +93,13 @@ def tiny_study(tmp_path_factory, data_dir):
                       "--set", "head_epochs=1", "--set", "prune_epochs=1", "--set", "train_subset=500",
                       "--set", "latent_dim=4", env={"RAY_TMPDIR": str(ray_dir)})
     return storage / "tiny", proc, ray_pids(ray_dir)
+
+
+TIMINGS = {"epoch_seconds", "checkpoint_seconds"}  # wall-clock; checkpoint_seconds absent after resume
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+    """Two reports of the same epoch agree exactly, timings aside (CPU runs are deterministic)."""
+    assert a.keys() - TIMINGS == b.keys() - TIMINGS
+    for k in a.keys() - TIMINGS:
+        assert a[k] == b[k], (a.get("epoch"), k)

@@ -28,7 +28,7 @@ from study.models import build_model
 from study.sparsity import prunable_weights
 from study.tracking import offline_runs, read_offline_run
 from study.trainable import load_state, parse_config, train
-from tests.conftest import ray_pids, ray_tmpdir, run_module
+from tests.conftest import assert_same_metrics, ray_pids, ray_tmpdir, run_module
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
 
@@ -220,13 +220,6 @@ def test_reparam_reports_its_diagnostics_each_epoch_and_prunes_exactly_at_the_en
     assert states[-1]["method"]["stage"] == "pruned"
 
 
-def _same(a, b):
-    skip = {"epoch_seconds", "checkpoint_seconds"}  # timings (the latter absent after a resume)
-    assert a.keys() - skip == b.keys() - skip
-    for k in a.keys() - skip:
-        assert a[k] == b[k], k
-
-
 @pytest.mark.parametrize("variant, epochs, finetune, stop_after", [
     ("reparam", 3, 0, 1),  # mid-training: parametrized state, optimizer, plateau record
     ("mag_ft", 2, 2, 2),  # phase boundary: the masks are created after the resume
@@ -241,7 +234,7 @@ def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(
     rest, _ = _run(config, mnist, resume=states[-1])
     assert [m["epoch"] for m in rest] == list(range(stop_after + 1, epochs + finetune + 1))
     for x, y in zip(whole, first + rest, strict=True):
-        _same(x, y)
+        assert_same_metrics(x, y)
 
 
 def test_mag_prunes_at_the_end_and_mag_ft_holds_its_masks_while_fine_tuning(mnist):

@@ -4,7 +4,7 @@ import pytest
 
 from study.config import ConfigError
 from study.trainable import load_state, parse_config, train
-from tests.conftest import tiny_config
+from tests.conftest import assert_same_metrics, tiny_config
 
 
 class Interrupt(Exception):
@@ -27,19 +27,12 @@ def _run(config, data, stop_after=None, resume=None):
     return reports, states
 
 
-def _same(a, b):
-    skip = {"epoch_seconds", "checkpoint_seconds"}
-    assert a.keys() - skip == b.keys() - skip
-    for k in a.keys() - skip:
-        assert a[k] == b[k], k
-
-
 def test_same_config_and_seed_give_the_same_metrics(mnist):
     config = tiny_config(epochs=1, head_epochs=0, prune_epochs=1)
     a, _ = _run(config, mnist)
     b, _ = _run(config, mnist)
     for x, y in zip(a, b, strict=True):
-        _same(x, y)
+        assert_same_metrics(x, y)
     c, _ = _run({**config, "seed": 1}, mnist)
     assert c[-1]["val_accuracy"] != a[-1]["val_accuracy"] or c[-1]["loss"] != a[-1]["loss"]
 
@@ -53,7 +46,7 @@ def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(mnist
     rest, _ = _run(config, mnist, resume=states[-1])
     assert [m["epoch"] for m in rest] == list(range(stop_after + 1, 5))  # no epoch redone
     for x, y in zip(whole, first + rest, strict=True):
-        _same(x, y)
+        assert_same_metrics(x, y)
 
 
 @pytest.mark.parametrize("config, message", [
