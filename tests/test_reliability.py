@@ -23,7 +23,14 @@ TOTAL_EPOCHS = 4
 
 
 def _trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}").get_trials()
+    """The study's Optuna trials; none while its storage or study is still being created."""
+    if not (study_dir / "optuna.db").exists():
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}"
+                                 ).get_trials()
+    except KeyError:  # the database exists, the study record not yet
+        return []
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -77,8 +84,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def trial_done_and_next_checkpointed() -> bool:
-        done = [t for t in _trials(study_dir, name) if t.state.name == "COMPLETE"] if (
-            study_dir / "optuna.db").exists() else []
+        done = [t for t in _trials(study_dir, name) if t.state.name == "COMPLETE"]
         started = [d for d in study_dir.glob("trial_*") if 0 < len(_epochs(d)) < TOTAL_EPOCHS]
         return bool(done) and bool(started)
 
