@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_type_hints
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -90,3 +93,17 @@ def describe(cls) -> str:
                    is not None else "")
         lines.append(f"  {f.name} = {f.default!r}{allowed}: {m.get('help', '')}")
     return "\n".join(lines)
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file read with the safe loader (no code runs) that must hold a mapping; any problem
+    is a one-line ConfigError naming `what` and the path."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{what} {path} must be a mapping")
+    return doc

@@ -105,14 +105,7 @@ def load_space(method: str, path: str | Path | None = None) -> StudySpace:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     path = Path(path) if path is not None else default_space_file(method)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read search space {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"search space {path} must be a mapping with 'fixed' and 'search'")
+    doc = cfgmod.read_yaml_mapping(path, "search space")
     extra = set(doc) - {"method", "fixed", "search"}
     if extra:
         raise ConfigError(f"search space {path}: unknown top-level key {sorted(extra)[0]!r}")

@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from study.config import ConfigError
+from study.config import ConfigError, read_yaml_mapping
 from study.data import DataError, default_data_dir, load_dataset
 from study.spaces import parse_assignment
 
@@ -29,14 +27,7 @@ SUMMARY = ("val_accuracy", "test_accuracy", "sparsity", "prunable_sparsity", "no
 
 def read_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(settings, provenance) from an export or a plain settings file."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config {path} must be a mapping of settings")
+    doc = read_yaml_mapping(path, "config")
     if "config" in doc:
         return dict(doc["config"]), dict(doc.get("provenance") or {})
     return doc, {}

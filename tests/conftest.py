@@ -103,3 +103,27 @@ def assert_same_metrics(a: dict, b: dict) -> None:
     assert a.keys() - TIMINGS == b.keys() - TIMINGS
     for k in a.keys() - TIMINGS:
         assert a[k] == b[k], (a.get("epoch"), k)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def run_recorded(config: dict, data, stop_after: int | None = None, resume: dict | None = None):
+    """Run the trainable, keeping every report and the state saved with it; stop (as a killed
+    trial would) right after epoch `stop_after`. Returns (reports, states)."""
+    from study.trainable import load_state, train
+
+    reports, states = [], []
+
+    def report(metrics, folder):
+        reports.append(metrics)
+        states.append(load_state(folder) if folder is not None else None)
+        if metrics["epoch"] == stop_after:
+            raise _Interrupt
+
+    try:
+        train(config, data, report, resume=resume)
+    except _Interrupt:
+        pass
+    return reports, states

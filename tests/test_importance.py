@@ -26,8 +26,8 @@ from study.methods.importance import (
 from study.models import build_model
 from study.sparsity import DenseReference, size_metrics
 from study.tracking import offline_runs, read_offline_run
-from study.trainable import load_state, parse_config, train
-from tests.conftest import ROOT, assert_same_metrics
+from study.trainable import parse_config
+from tests.conftest import ROOT, assert_same_metrics, run_recorded
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
 CPU = torch.device("cpu")
@@ -301,27 +301,8 @@ def test_checkpoint_round_trip_across_a_removal_restores_shapes_weights_and_opti
         assert torch.equal(a, b), name
 
 
-def _run(config, data, stop_after=None, resume=None):
-    reports, states = [], []
-
-    class Interrupt(Exception):
-        pass
-
-    def report(metrics, folder):
-        reports.append(metrics)
-        states.append(load_state(folder))
-        if metrics["epoch"] == stop_after:
-            raise Interrupt
-
-    try:
-        train(config, data, report, resume=resume)
-    except Interrupt:
-        pass
-    return reports, states
-
-
 def test_a_trial_reports_widths_every_epoch_and_marks_the_removal_epochs(mnist):
-    reports, states = _run(tiny(), mnist)
+    reports, states = run_recorded(tiny(), mnist)
     assert [m["phase"] for m in reports] == ["warmup", "round1", "round1", "round2", "round2"]
     assert [m["importance/just_pruned"] for m in reports] == [0, 1, 0, 1, 0]
     assert [m["importance/recovered"] for m in reports] == [0, 0, 1, 0, 1]
@@ -342,10 +323,10 @@ def test_a_trial_reports_widths_every_epoch_and_marks_the_removal_epochs(mnist):
 @pytest.mark.parametrize("variant, stop_after", [("rank", 2), ("random", 2), ("rank", 3)])
 def test_a_trial_resumed_after_a_removal_continues_as_if_never_stopped(mnist, variant, stop_after):
     config = tiny(variant=variant)
-    whole, _ = _run(config, mnist)
-    first, states = _run(config, mnist, stop_after=stop_after)
+    whole, _ = run_recorded(config, mnist)
+    first, states = run_recorded(config, mnist, stop_after=stop_after)
     assert first[-1]["importance/neurons/head.0"] == 35
-    rest, _ = _run(config, mnist, resume=states[-1])
+    rest, _ = run_recorded(config, mnist, resume=states[-1])
     assert [m["epoch"] for m in rest] == list(range(stop_after + 1, 6))
     for a, b in zip(whole, first + rest, strict=True):
         assert_same_metrics(a, b)

@@ -27,8 +27,8 @@ from study.methods.reparam import (
 from study.models import build_model
 from study.sparsity import prunable_weights
 from study.tracking import offline_runs, read_offline_run
-from study.trainable import load_state, parse_config, train
-from tests.conftest import assert_same_metrics, ray_pids, ray_tmpdir, run_module
+from study.trainable import parse_config
+from tests.conftest import assert_same_metrics, ray_pids, ray_tmpdir, run_module, run_recorded
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
 
@@ -178,28 +178,8 @@ def test_the_pruned_model_is_a_plain_network_that_exports_and_reloads_with_its_z
 
 # --- the method in the trainable -----------------------------------------------------------------
 
-class Interrupt(Exception):
-    pass
-
-
-def _run(config, data, stop_after=None, resume=None):
-    reports, states = [], []
-
-    def report(metrics, folder):
-        reports.append(metrics)
-        states.append(load_state(folder))
-        if metrics["epoch"] == stop_after:
-            raise Interrupt
-
-    try:
-        train(config, data, report, resume=resume)
-    except Interrupt:
-        pass
-    return reports, states
-
-
 def test_reparam_reports_its_diagnostics_each_epoch_and_prunes_exactly_at_the_end(mnist):
-    reports, states = _run(tiny(epochs=3, pruning_rate=0.8), mnist)
+    reports, states = run_recorded(tiny(epochs=3, pruning_rate=0.8), mnist)
     assert [m["phase"] for m in reports] == ["train"] * 3
     for m in reports:
         assert {"reparam/budget_loss", "reparam/surrogate_remaining", "reparam/t/head.0",
@@ -228,10 +208,10 @@ def test_reparam_reports_its_diagnostics_each_epoch_and_prunes_exactly_at_the_en
 def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(
         mnist, variant, epochs, finetune, stop_after):
     config = tiny(variant=variant, epochs=epochs, finetune_epochs=finetune)
-    whole, _ = _run(config, mnist)
-    first, states = _run(config, mnist, stop_after=stop_after)
+    whole, _ = run_recorded(config, mnist)
+    first, states = run_recorded(config, mnist, stop_after=stop_after)
     assert len(first) == stop_after
-    rest, _ = _run(config, mnist, resume=states[-1])
+    rest, _ = run_recorded(config, mnist, resume=states[-1])
     assert [m["epoch"] for m in rest] == list(range(stop_after + 1, epochs + finetune + 1))
     for x, y in zip(whole, first + rest, strict=True):
         assert_same_metrics(x, y)
@@ -240,11 +220,11 @@ def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(
 def test_mag_prunes_at_the_end_and_mag_ft_holds_its_masks_while_fine_tuning(mnist):
     n = 784 * 300 + 300 * 100 + 100 * 10
     exact = round(0.9 * n) / n
-    mag, _ = _run(tiny(variant="mag", epochs=2), mnist)
+    mag, _ = run_recorded(tiny(variant="mag", epochs=2), mnist)
     assert [m["phase"] for m in mag] == ["train", "train"]
     assert mag[0]["prunable_sparsity"] == 0 and mag[-1]["prunable_sparsity"] == pytest.approx(exact)
     assert "reparam/budget_loss" not in mag[0]
-    ft, states = _run(tiny(variant="mag_ft", epochs=2, finetune_epochs=2), mnist)
+    ft, states = run_recorded(tiny(variant="mag_ft", epochs=2, finetune_epochs=2), mnist)
     assert [m["phase"] for m in ft] == ["train", "train", "finetune", "finetune"]
     assert all(m["prunable_sparsity"] == pytest.approx(exact) for m in ft[2:])
     masks = [{k: v for k, v in s["method"]["model"].items() if k.endswith("weight_mask")}
@@ -253,7 +233,7 @@ def test_mag_prunes_at_the_end_and_mag_ft_holds_its_masks_while_fine_tuning(mnis
     for k, mask in masks[0].items():  # zeros at the end are exactly the masked entries
         assert torch.equal(final[k.replace("_mask", "")] == 0, mask == 0), k
     # mag and mag_ft train identically until pruning: same weights before it
-    mag_before = _run(tiny(variant="mag", epochs=2), mnist)[1][-1]["method"]["before"]
+    mag_before = run_recorded(tiny(variant="mag", epochs=2), mnist)[1][-1]["method"]["before"]
     for k, v in states[-1]["method"]["before"].items():
         assert torch.equal(v, mag_before[k]), k
     # fine-tuning recovers what magnitude pruning lost (validation accuracy)
@@ -261,7 +241,7 @@ def test_mag_prunes_at_the_end_and_mag_ft_holds_its_masks_while_fine_tuning(mnis
 
 
 def test_early_stopping_freezes_the_weights(mnist):
-    reports, states = _run(tiny(epochs=4, early_stop_patience=1, lr=1e-7), mnist)
+    reports, states = run_recorded(tiny(epochs=4, early_stop_patience=1, lr=1e-7), mnist)
     stopped = [m["reparam/early_stopped"] for m in reports]
     assert stopped[0] == 0 and stopped[-1] == 1
     i = stopped.index(1)  # the first frozen epoch changed nothing

@@ -3,47 +3,27 @@ from __future__ import annotations
 import pytest
 
 from study.config import ConfigError
-from study.trainable import load_state, parse_config, train
-from tests.conftest import assert_same_metrics, tiny_config
-
-
-class Interrupt(Exception):
-    pass
-
-
-def _run(config, data, stop_after=None, resume=None):
-    reports, states = [], []
-
-    def report(metrics, folder):
-        reports.append(metrics)
-        states.append(load_state(folder))
-        if metrics["epoch"] == stop_after:
-            raise Interrupt
-
-    try:
-        train(config, data, report, resume=resume)
-    except Interrupt:
-        pass
-    return reports, states
+from study.trainable import parse_config, train
+from tests.conftest import assert_same_metrics, run_recorded, tiny_config
 
 
 def test_same_config_and_seed_give_the_same_metrics(mnist):
     config = tiny_config(epochs=1, head_epochs=0, prune_epochs=1)
-    a, _ = _run(config, mnist)
-    b, _ = _run(config, mnist)
+    a, _ = run_recorded(config, mnist)
+    b, _ = run_recorded(config, mnist)
     for x, y in zip(a, b, strict=True):
         assert_same_metrics(x, y)
-    c, _ = _run({**config, "seed": 1}, mnist)
+    c, _ = run_recorded({**config, "seed": 1}, mnist)
     assert c[-1]["val_accuracy"] != a[-1]["val_accuracy"] or c[-1]["loss"] != a[-1]["loss"]
 
 
 @pytest.mark.parametrize("stop_after", [1, 2])  # mid-phase sequence and at a phase boundary
 def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(mnist, stop_after):
     config = tiny_config(epochs=2, head_epochs=1, prune_epochs=1)
-    whole, _ = _run(config, mnist)
-    first, states = _run(config, mnist, stop_after=stop_after)
+    whole, _ = run_recorded(config, mnist)
+    first, states = run_recorded(config, mnist, stop_after=stop_after)
     assert len(first) == stop_after
-    rest, _ = _run(config, mnist, resume=states[-1])
+    rest, _ = run_recorded(config, mnist, resume=states[-1])
     assert [m["epoch"] for m in rest] == list(range(stop_after + 1, 5))  # no epoch redone
     for x, y in zip(whole, first + rest, strict=True):
         assert_same_metrics(x, y)
