@@ -134,7 +134,9 @@ def summarize(df: pd.DataFrame, searched: list[str]) -> str:
     """The non-dominated trials as a table, with test accuracy and the searched settings beside."""
     from analysis.pareto import front
 
-    done = df.dropna(subset=OBJECTIVES) if not df.empty else df
+    if df.empty or any(m not in df.columns for m in OBJECTIVES):
+        return "no trial finished with both objectives"
+    done = df.dropna(subset=OBJECTIVES)
     if done.empty:
         return "no trial finished with both objectives"
     cols = ["trial_id", *OBJECTIVES, "test_accuracy"] + [f"config/{k}" for k in searched]
