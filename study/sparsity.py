@@ -28,11 +28,14 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The effective weight of every conv and linear layer (biases excluded)."""
+def prunable_weights(model: nn.Module, params: dict[str, torch.Tensor] | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """The effective weight of every conv and linear layer (biases excluded); `params`: the
+    model's effective_parameters when already at hand."""
     prunable = {f"{n}.weight" if n else "weight" for n, m in model.named_modules()
                 if isinstance(m, PRUNABLE)}
-    return {k: v for k, v in effective_parameters(model).items() if k in prunable}
+    params = effective_parameters(model) if params is None else params
+    return {k: v for k, v in params.items() if k in prunable}
 
 
 def macs_per_sample(model: nn.Module, input_shape: tuple[int, ...], nonzero_only: bool) -> int:
@@ -63,10 +66,10 @@ def macs_per_sample(model: nn.Module, input_shape: tuple[int, ...], nonzero_only
     return total
 
 
-def compressed_bytes(model: nn.Module) -> int:
+def compressed_bytes(params: dict[str, torch.Tensor]) -> int:
     """gzip size of the saved effective weights (float32), the size measure of shneider2023 Table I."""
     buf = io.BytesIO()
-    torch.save({k: v.float().cpu().contiguous() for k, v in effective_parameters(model).items()}, buf)
+    torch.save({k: v.float().cpu().contiguous() for k, v in params.items()}, buf)
     return len(gzip.compress(buf.getvalue(), compresslevel=6))
 
 
@@ -79,21 +82,24 @@ class DenseReference:
 
     @classmethod
     def of(cls, model: nn.Module, input_shape: tuple[int, ...]) -> DenseReference:
-        return cls(params=sum(t.numel() for t in effective_parameters(model).values()),
-                   prunable_params=sum(t.numel() for t in prunable_weights(model).values()),
+        params = effective_parameters(model)
+        return cls(params=sum(t.numel() for t in params.values()),
+                   prunable_params=sum(t.numel() for t in prunable_weights(model, params).values()),
                    flops=2 * macs_per_sample(model, input_shape, nonzero_only=False))
 
 
 def size_metrics(model: nn.Module, dense: DenseReference, input_shape: tuple[int, ...]) -> dict[str, float]:
     """DESIGN.md's size vocabulary. sparsity = 1 - nonzero parameters / dense parameters."""
-    nonzero = sum(int(torch.count_nonzero(t)) for t in effective_parameters(model).values())
-    prunable_nonzero = sum(int(torch.count_nonzero(t)) for t in prunable_weights(model).values())
+    params = effective_parameters(model)  # once: every count below reads these tensors
+    nonzero = sum(int(torch.count_nonzero(t)) for t in params.values())
+    prunable_nonzero = sum(int(torch.count_nonzero(t))
+                           for t in prunable_weights(model, params).values())
     return {
-        "params": sum(t.numel() for t in effective_parameters(model).values()),
+        "params": sum(t.numel() for t in params.values()),
         "nonzero_params": nonzero,
         "sparsity": 1.0 - nonzero / dense.params,
         "prunable_sparsity": 1.0 - prunable_nonzero / dense.prunable_params,
-        "compressed_bytes": compressed_bytes(model),
+        "compressed_bytes": compressed_bytes(params),
         "flops": 2 * macs_per_sample(model, input_shape, nonzero_only=True),
         "dense_flops": dense.flops,
     }
