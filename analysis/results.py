@@ -61,11 +61,11 @@ def _optuna_trials(study_dir: Path) -> dict[str, Any]:
 def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
     if last.get("diverged"):
         return "diverged"
+    if "test_accuracy" in last:  # the final report: complete, even after an earlier error
+        return "complete"
     if (trial_dir / "error.txt").exists() or (
             optuna_trial is not None and optuna_trial.state.name == "FAIL"):
         return "failed"
-    if "test_accuracy" in last:
-        return "complete"
     return "running"
 
 

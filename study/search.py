@@ -97,6 +97,19 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
+            if (trial_id in self._completed_trials and result and not error
+                    and all(m in result for m in OBJECTIVES)):
+                # a trial that errored (told FAIL) and then finished after --resume: its failed
+                # attempt stays FAIL, its finished one is recorded beside it, once
+                complete = self._ot_study.get_trials(deepcopy=False,
+                                                     states=(optuna.trial.TrialState.COMPLETE,))
+                if trial_id not in {t.user_attrs.get("ray_trial_id") for t in complete}:
+                    failed = self._ot_trials[trial_id]
+                    self._ot_study.add_trial(optuna.trial.create_trial(
+                        params=failed.params, distributions=failed.distributions,
+                        values=[result[m] for m in OBJECTIVES],
+                        user_attrs={**failed.user_attrs, "resumed_after_failure_of": failed.number}))
+                return
             if result and result.get("diverged") and trial_id not in self._completed_trials:
                 # a diverged trial ended early: pruned, so TPE learns to avoid its region
                 self._ot_trials[trial_id].set_user_attr("diverged", True)
@@ -194,50 +207,6 @@ def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Data
     return study_dir, info, data
 
 
-def _set_total_samples(study_dir: Path, total: int) -> None:
-    """Let a resumed study grow: Ray keeps the number of samples in its search-generator state."""
-    import ray.cloudpickle as pickle
-
-    for path in study_dir.glob("search_gen_state-*.json"):
-        state = pickle.loads(path.read_bytes())
-        state["total_samples"], state["finished"] = total, False
-        tmp = path.with_name(f"tmp-{path.name}")
-        tmp.write_bytes(pickle.dumps(state))
-        tmp.replace(path)
-
-
-def reconcile_optuna(study_dir: Path, name: str) -> int:
-    """Make the Optuna study agree with Ray's trials after a run: a trial Optuna still holds as
-    RUNNING was orphaned by an interrupted driver (asked after Ray's last snapshot): it is told
-    COMPLETE with its final metrics if its Ray trial finished, else FAIL. Returns how many."""
-    import optuna
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
-    study = optuna.load_study(study_name=name, storage=storage)
-    fixed = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        final = _final_result(study_dir / f"trial_{t.user_attrs.get('ray_trial_id')}")
-        if final is not None and all(m in final for m in OBJECTIVES):
-            study.tell(t.number, [final[m] for m in OBJECTIVES])
-        else:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        fixed += 1
-    return fixed
-
-
-def _final_result(trial_dir: Path) -> dict[str, Any] | None:
-    path = trial_dir / "result.json"
-    if not path.exists():
-        return None
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        return row if "test_accuracy" in row else None
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     study_dir, info, data = _resumed_study(args) if args.resume else _new_study(args)
     name = info.get("name", study_dir.name)
@@ -248,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import tune
 
+    from study.resume import CheckpointRepair, reconcile_optuna, set_total_samples
     from study.trainable import run_trial
 
     init_ray(args.address, env)
@@ -256,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                                         {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]})
         if args.resume:
             if args.num_samples and args.num_samples > info["num_samples"]:
-                _set_total_samples(study_dir, args.num_samples)
+                set_total_samples(study_dir, args.num_samples)
                 info["num_samples"] = args.num_samples
                 (study_dir / "study.json").write_text(json.dumps(info, indent=2))
             tuner = tune.Tuner.restore(str(study_dir), trainable=trainable, resume_unfinished=True,
@@ -271,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
                     reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(study_dir.parent), verbose=1,
-                    callbacks=[tracking.logger_callback(study_dir, name, args.method, info["dataset"])],
+                    callbacks=[tracking.logger_callback(study_dir, name, args.method, info["dataset"]),
+                               CheckpointRepair()],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
         if mode == "offline":

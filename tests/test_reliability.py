@@ -104,7 +104,8 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
     done = run_module(*resume, env={"RAY_TMPDIR": str(ray_dir)})
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"kill-and-resume cycles: {len(lost)}; seconds of work lost (redone) per kill: "
-          f"{[round(x, 1) for x in lost]}")
+          f"{[round(x, 1) for x in lost]}; checkpoints repaired on the last resume: "
+          f"{done.stdout.count('deleted after the last snapshot')}")
 
     trials = _trials(study_dir, name)
     assert len(trials) >= 3
@@ -132,6 +133,45 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, data_
     assert _epochs(trial_dir) == [1, 2, 3, 4]  # epochs 1-2 kept, 3 redone after the crash
     (trial,) = _trials(tmp_path / "retry", "retry")
     assert trial.state.name == "COMPLETE"
+
+
+def test_resume_survives_a_snapshot_naming_a_deleted_checkpoint(tmp_path, data_dir, monkeypatch):
+    """Ray deletes a trial's previous checkpoint when it registers the next one, before its next
+    snapshot: a driver killed in between (as happened on CI) left a trial Ray could not restore.
+    Built here without timing: a trial errors at epoch 3 (its snapshot names checkpoint_000001),
+    then its folder is made to look like that window: the named checkpoint gone, a newer one in
+    its place, and a newest one cut short. The resumed trial goes on from the newer one, and its
+    finished attempt reaches Optuna beside the failed one."""
+    from analysis.results import load_results
+
+    marker = tmp_path / "raised"
+    monkeypatch.setenv("PRUNESTUDY_INJECT_FAULT", f"raise@3@{marker}")
+    storage = ["--storage-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    first = run_module("study.search", "beta_vae", "--name", "window", "--num-samples", "1",
+                       "--max-failures", "0", *storage, *FAST)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study_dir = tmp_path / "window"
+    (trial_dir,) = study_dir.glob("trial_*")
+    assert _epochs(trial_dir) == [1, 2] and [t.state.name for t in _trials(study_dir, "window")] == ["FAIL"]
+    named = trial_dir / "checkpoint_000001"
+    named.rename(trial_dir / "checkpoint_000002")  # registered after the snapshot, the named one deleted
+    cut = trial_dir / "checkpoint_000003"
+    cut.mkdir()
+    (cut / "state.pt").write_bytes((trial_dir / "checkpoint_000002" / "state.pt").read_bytes()[:1000])
+
+    resumed = run_module("study.search", "beta_vae", "--resume", "window", *storage)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint_000001, deleted after the last snapshot; resuming from checkpoint_000002" \
+        in resumed.stdout, resumed.stdout[-3000:]
+    assert _epochs(trial_dir) == [1, 2, 3, 4]  # epochs 1-2 kept, nothing run twice
+    failed, complete = _trials(study_dir, "window")
+    assert failed.state.name == "FAIL" and complete.state.name == "COMPLETE"
+    assert complete.user_attrs["ray_trial_id"] == trial_dir.name.removeprefix("trial_")
+    assert complete.user_attrs["resumed_after_failure_of"] == failed.number
+    assert complete.params == failed.params
+    assert complete.values == [_results(trial_dir)[-1][m] for m in ("val_accuracy", "sparsity")]
+    (row,) = load_results([study_dir]).to_dict("records")
+    assert row["status"] == "complete" and row["optuna_number"] == complete.number
 
 
 def test_a_nan_loss_ends_the_trial_as_diverged_and_the_search_goes_on(tmp_path, data_dir, monkeypatch):

@@ -1,0 +1,138 @@
+"""What `--resume` needs beyond `Tuner.restore`: letting a study grow, repairing a trial whose
+snapshot names a deleted checkpoint, and making Optuna agree with Ray afterwards.
+
+A killed driver leaves Ray's last experiment snapshot behind what happened on disk: trials may have
+reported (and checkpointed) since, and Optuna may have been asked or told since. Each function here
+repairs one such gap from what is on disk; none trusts what a method or Ray believed.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pyarrow.fs
+import ray.cloudpickle as pickle
+from ray import tune
+from ray.train._internal.session import _TrainingResult
+
+from study.search import OBJECTIVES
+from study.trainable import load_state
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d{6})")
+
+
+def set_total_samples(study_dir: Path, total: int) -> None:
+    """Let a resumed study grow: Ray keeps the number of samples in its search-generator state."""
+    for path in study_dir.glob("search_gen_state-*.json"):
+        state = pickle.loads(path.read_bytes())
+        state["total_samples"], state["finished"] = total, False
+        tmp = path.with_name(f"tmp-{path.name}")
+        tmp.write_bytes(pickle.dumps(state))
+        tmp.replace(path)
+
+
+class CheckpointRepair(tune.Callback):
+    """Points a resumed trial whose checkpoint no longer exists at the newest one that loads.
+
+    With `CheckpointConfig(num_to_keep)`, Ray deletes a trial's previous checkpoint as soon as it
+    registers the next one, and saves its experiment snapshot only afterwards. A driver killed in
+    between leaves a snapshot naming a deleted checkpoint, and Ray would fail that trial on resume
+    ("Could not recover from checkpoint as it does not exist"). Before a restored trial starts,
+    this looks in the trial's folder (through the storage filesystem, so cluster storage too) and
+    resumes it from its newest checkpoint that loads, or from the start when none does.
+    """
+
+    def __init__(self) -> None:
+        self._checked: set[str] = set()
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        for trial in trials:
+            if trial.trial_id in self._checked:
+                continue
+            self._checked.add(trial.trial_id)
+            checkpoint = trial.checkpoint
+            if trial.status != "PENDING" or checkpoint is None:
+                continue
+            if checkpoint.filesystem.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound:
+                continue
+            print(repair_trial_checkpoint(trial, Path(checkpoint.path).name), flush=True)
+
+
+def repair_trial_checkpoint(trial, missing: str) -> str:
+    """Make `trial` resume from its newest loadable checkpoint; says what it did in one line."""
+    fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+    found = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    names = sorted((f.base_name for f in found
+                    if f.type == pyarrow.fs.FileType.Directory and _CHECKPOINT_DIR.fullmatch(f.base_name)),
+                   reverse=True)
+    manager = trial.run_metadata.checkpoint_manager
+    manager._checkpoint_results, manager._latest_checkpoint_result = [], None
+    chosen = None
+    for name in names:
+        candidate = tune.Checkpoint(f"{folder}/{name}", filesystem=fs)
+        try:
+            with candidate.as_directory() as d:
+                load_state(d)
+        except Exception:  # partly written when the driver died: skipped, left as it is
+            continue
+        chosen = name
+        result = _TrainingResult(checkpoint=candidate, metrics=_result_row(fs, folder, name))
+        manager._checkpoint_results, manager._latest_checkpoint_result = [result], result
+        break
+    if names:  # the next checkpoint goes past every existing folder, never into one
+        trial.storage.current_checkpoint_index = int(_CHECKPOINT_DIR.fullmatch(names[0]).group(1))
+    trial.invalidate_json_state()
+    trial.run_metadata.invalidate_cache()
+    return (f"trial {trial.trial_id}: its snapshot names {missing}, deleted after the last snapshot; "
+            + (f"resuming from {chosen}" if chosen else "no checkpoint loads, so it starts over"))
+
+
+def _result_row(fs: pyarrow.fs.FileSystem, folder: str, checkpoint_name: str) -> dict[str, Any]:
+    """The reported result saved with a checkpoint (Ray restores the trial's counters from it)."""
+    try:
+        with fs.open_input_stream(f"{folder}/result.json") as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        return {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if row.get("checkpoint_dir_name") == checkpoint_name:
+            return row
+    return {}
+
+
+def reconcile_optuna(study_dir: Path, name: str) -> int:
+    """Make the Optuna study agree with Ray's trials after a run: a trial Optuna still holds as
+    RUNNING was orphaned by an interrupted driver (asked after Ray's last snapshot): it is told
+    COMPLETE with its final metrics if its Ray trial finished, else FAIL. Returns how many."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    fixed = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        final = final_result(study_dir / f"trial_{t.user_attrs.get('ray_trial_id')}")
+        if final is not None and all(m in final for m in OBJECTIVES):
+            study.tell(t.number, [final[m] for m in OBJECTIVES])
+        else:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        fixed += 1
+    return fixed
+
+
+def final_result(trial_dir: Path) -> dict[str, Any] | None:
+    """A trial's last reported row if it is a final one (it holds test_accuracy), else None."""
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        return row if "test_accuracy" in row else None
+    return None
