@@ -44,11 +44,26 @@ def define_epoch_step(run: Any) -> None:
 
 
 def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str):
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
-    return WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
-                               group=study_name, tags=[method, dataset], dir=str(study_dir.resolve()),
-                               job_type="trial")
+    class FlushingLoggingActor(_WandbLoggingActor):
+        """Ray's logging actor, waiting for W&B to have written everything before it returns.
+
+        Ray kills a trial's logging actor (and with it wandb-core, its child) as soon as `run`
+        returns, which is right after `wandb.finish()`; wandb-core may still be flushing the run
+        then, and under load the run's file lost its last epochs. `wandb.teardown()` waits for
+        wandb-core to finish (its atexit hook would, but a killed actor runs none)."""
+
+        def run(self):
+            super().run()
+            self._wandb.teardown()
+
+    class FlushingWandbLoggerCallback(WandbLoggerCallback):
+        _logger_actor_cls = FlushingLoggingActor
+
+    return FlushingWandbLoggerCallback(
+        project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT), group=study_name,
+        tags=[method, dataset], dir=str(study_dir.resolve()), job_type="trial")
 
 
 def offline_runs(study_dir: Path) -> list[Path]:

@@ -158,7 +158,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     metrics: dict[str, Any] = {}
     checkpoint_seconds = None  # of the previous epoch; none before the first
     if start >= total:  # resumed from the final checkpoint (the trial ended after Ray's last
-        report(resume["metrics"], None)  # snapshot): report its final metrics again, train nothing
+        # snapshot): nothing to train or report again; Ray ends it with that checkpoint's metrics
         return resume["metrics"]
     for epoch in range(start, total):
         phase, first = _phase_at(schedule, epoch)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,14 @@ def tiny_config(**overrides):
 def ray_tmpdir() -> Path:
     """A fresh, short RAY_TMPDIR (Ray's socket paths must stay short): every Ray process a test
     starts carries it in its command line, so the test can find (and check) exactly its own."""
-    return Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    return Path(tempfile.mkdtemp(prefix=f"ray{os.getpid()}-", dir="/tmp"))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Remove the Ray temp folders this session made (logs, spilled objects), kept until now
+    for a failing test's post-mortem."""
+    for folder in Path("/tmp").glob(f"ray{os.getpid()}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def ray_pids(marker: str | Path = "raylet|gcs_server") -> set[int]:

@@ -159,11 +159,15 @@ def test_resume_survives_a_snapshot_naming_a_deleted_checkpoint(tmp_path, data_d
     cut.mkdir()
     (cut / "state.pt").write_bytes((trial_dir / "checkpoint_000002" / "state.pt").read_bytes()[:1000])
 
+    snapshot_files = set(study_dir.iterdir())  # the errored trial's snapshot, kept for below
     resumed = run_module("study.search", "beta_vae", "--resume", "window", *storage)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "checkpoint_000001, deleted after the last snapshot; resuming from checkpoint_000002" \
         in resumed.stdout, resumed.stdout[-3000:]
     assert _epochs(trial_dir) == [1, 2, 3, 4]  # epochs 1-2 kept, nothing run twice
+    # new checkpoints went past every existing folder (epochs 3, 4 -> 4, 5), the cut one untouched
+    assert sorted(p.name for p in trial_dir.glob("checkpoint_*")) == ["checkpoint_000003",
+                                                                      "checkpoint_000005"]
     failed, complete = _trials(study_dir, "window")
     assert failed.state.name == "FAIL" and complete.state.name == "COMPLETE"
     assert complete.user_attrs["ray_trial_id"] == trial_dir.name.removeprefix("trial_")
@@ -172,6 +176,21 @@ def test_resume_survives_a_snapshot_naming_a_deleted_checkpoint(tmp_path, data_d
     assert complete.values == [_results(trial_dir)[-1][m] for m in ("val_accuracy", "sparsity")]
     (row,) = load_results([study_dir]).to_dict("records")
     assert row["status"] == "complete" and row["optuna_number"] == complete.number
+
+    # a driver killed after the trial finished but before Ray's next snapshot: the last snapshot
+    # is the errored one again, naming a checkpoint since deleted. Resumed, the finished trial
+    # is neither trained nor reported again, and Optuna is not told twice.
+    for path in set(study_dir.iterdir()) - snapshot_files:
+        if path.name.startswith(("experiment_state-", "search_gen_state-", "searcher-state-")):
+            path.unlink()
+    rows = _results(trial_dir)
+    again = run_module("study.search", "beta_vae", "--resume", "window", *storage)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint_000005" in again.stdout, again.stdout[-3000:]
+    assert _results(trial_dir) == rows
+    assert [(t.number, t.state.name) for t in _trials(study_dir, "window")] == [(0, "FAIL"), (1, "COMPLETE")]
+    (row,) = load_results([study_dir]).to_dict("records")
+    assert row["status"] == "complete"
 
 
 def test_a_nan_loss_ends_the_trial_as_diverged_and_the_search_goes_on(tmp_path, data_dir, monkeypatch):
