@@ -30,7 +30,8 @@ def study_info(study_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _history(trial_dir: Path) -> list[dict[str, Any]]:
+def trial_history(trial_dir: Path) -> list[dict[str, Any]]:
+    """Every row a trial reported, in order (its result.json; a line being written is left out)."""
     path = trial_dir / "result.json"
     rows = []
     if path.exists():
@@ -76,7 +77,7 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
     rows = []
     for trial_dir in sorted(study_dir.glob("trial_*")):
         trial_id = trial_dir.name[len("trial_"):]
-        history = _history(trial_dir)
+        history = trial_history(trial_dir)
         params = trial_dir / "params.json"
         config = json.loads(params.read_text()) if params.exists() else (
             history[-1].get("config", {}) if history else {})

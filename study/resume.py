@@ -18,6 +18,7 @@ import ray.cloudpickle as pickle
 from ray import tune
 from ray.train._internal.session import _TrainingResult
 
+from analysis.results import trial_history
 from study.search import OBJECTIVES
 from study.trainable import load_state
 
@@ -68,26 +69,32 @@ def repair_trial_checkpoint(trial, missing: str) -> str:
     names = sorted((f.base_name for f in found
                     if f.type == pyarrow.fs.FileType.Directory and _CHECKPOINT_DIR.fullmatch(f.base_name)),
                    reverse=True)
+    candidates = (tune.Checkpoint(f"{folder}/{name}", filesystem=fs) for name in names)
+    chosen = next((c for c in candidates if _loads(c)), None)
     manager = trial.run_metadata.checkpoint_manager
-    manager._checkpoint_results, manager._latest_checkpoint_result = [], None
-    chosen = None
-    for name in names:
-        candidate = tune.Checkpoint(f"{folder}/{name}", filesystem=fs)
-        try:
-            with candidate.as_directory() as d:
-                load_state(d)
-        except Exception:  # partly written when the driver died: skipped, left as it is
-            continue
-        chosen = name
-        result = _TrainingResult(checkpoint=candidate, metrics=_result_row(fs, folder, name))
+    if chosen is None:
+        manager._checkpoint_results, manager._latest_checkpoint_result = [], None
+    else:
+        result = _TrainingResult(checkpoint=chosen,
+                                 metrics=_result_row(fs, folder, Path(chosen.path).name))
         manager._checkpoint_results, manager._latest_checkpoint_result = [result], result
-        break
     if names:  # the next checkpoint goes past every existing folder, never into one
         trial.storage.current_checkpoint_index = int(_CHECKPOINT_DIR.fullmatch(names[0]).group(1))
     trial.invalidate_json_state()
     trial.run_metadata.invalidate_cache()
     return (f"trial {trial.trial_id}: its snapshot names {missing}, deleted after the last snapshot; "
-            + (f"resuming from {chosen}" if chosen else "no checkpoint loads, so it starts over"))
+            + (f"resuming from {Path(chosen.path).name}" if chosen else
+               "no checkpoint loads, so it starts over"))
+
+
+def _loads(checkpoint: tune.Checkpoint) -> bool:
+    """Whether a checkpoint's saved state loads (one cut short by a kill does not)."""
+    try:
+        with checkpoint.as_directory() as d:
+            load_state(d)
+        return True
+    except Exception:  # partly written when the driver died: skipped, left as it is
+        return False
 
 
 def _result_row(fs: pyarrow.fs.FileSystem, folder: str, checkpoint_name: str) -> dict[str, Any]:
@@ -115,24 +122,11 @@ def reconcile_optuna(study_dir: Path, name: str) -> int:
     study = optuna.load_study(study_name=name, storage=storage)
     fixed = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        final = final_result(study_dir / f"trial_{t.user_attrs.get('ray_trial_id')}")
-        if final is not None and all(m in final for m in OBJECTIVES):
+        rows = trial_history(study_dir / f"trial_{t.user_attrs.get('ray_trial_id')}")
+        final = rows[-1] if rows and "test_accuracy" in rows[-1] else {}
+        if all(m in final for m in OBJECTIVES):
             study.tell(t.number, [final[m] for m in OBJECTIVES])
         else:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         fixed += 1
     return fixed
-
-
-def final_result(trial_dir: Path) -> dict[str, Any] | None:
-    """A trial's last reported row if it is a final one (it holds test_accuracy), else None."""
-    path = trial_dir / "result.json"
-    if not path.exists():
-        return None
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        return row if "test_accuracy" in row else None
-    return None
