@@ -1,11 +1,17 @@
 """Posterior-collapse flags for beta_vae trials (shneider2023: beta=10 on CIFAR-10 sat at 10%).
 
-A trial is flagged with every criterion that fires:
-- `no_active_units`: no latent dimension is active (`vae/active_units` == 0, Burda et al.'s
+Every criterion reads the VAE's own state at the last epoch of its VAE phase (`vae/end/*`),
+never the end of the trial: the head phase retrains the encoder on cross-entropy alone and can
+bring a collapsed trial back to a good final accuracy. A trial is flagged with every criterion
+that fires:
+- `no_active_units`: no latent dimension is active (`vae/end/active_units` == 0, Burda et al.'s
   variance-of-the-mean test, threshold set per trial by `active_threshold`);
-- `low_kl`: the posterior's KL per latent dimension, at the last epoch the VAE was whole, is below
-  `kl_per_dim` nats: the encoder tells the decoder (almost) nothing;
-- `chance_accuracy`: validation accuracy within `chance_margin` of chance (1 / classes).
+- `low_kl`: the posterior's KL per latent dimension (`vae/end/kl` over the dimensions of
+  `vae/end/kl_per_dim/*`) is below `kl_per_dim` nats: the encoder tells the decoder almost nothing;
+- `chance_accuracy`: validation accuracy at the end of the VAE phase within `chance_margin` of
+  chance, 1 / the trial's `num_classes`.
+`python -m analysis.collapse STUDY...` prints the flags per trial, then per beta bin the collapsed
+fraction, the MIG (dsprites trials) and the accuracies, at the VAE's end and the trial's.
 """
 from __future__ import annotations
 
@@ -19,24 +25,25 @@ from analysis.results import StudyError, load_results
 
 KL_PER_DIM = 0.01  # nats per latent dimension: below it a dimension carries ~no information
 CHANCE_MARGIN = 0.02  # absolute accuracy above 1 / classes still counted as chance
-NUM_CLASSES = 10  # every dataset here has 10 classes
+
+
+def _numeric(df: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(np.nan, df.index)
 
 
 def flag_collapse(df: pd.DataFrame, kl_per_dim: float = KL_PER_DIM,
-                  chance_margin: float = CHANCE_MARGIN, num_classes: int = NUM_CLASSES) -> pd.DataFrame:
+                  chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
     """`df` with boolean columns `collapse/<criterion>`, `collapsed` (any fired) and `collapse`
-    (the criteria that fired, comma-separated). Rows of other methods get False / ''."""
+    (the criteria that fired, comma-separated). Rows of other methods, of the CNN baseline and of
+    trials that never ended a VAE phase get False / ''."""
     out = df.copy()
     is_vae = (out.get("method") == "beta_vae") & (out.get("variant", "vae").fillna("vae") == "vae")
-
-    def col(name: str) -> pd.Series:
-        return pd.to_numeric(out[name], errors="coerce") if name in out else pd.Series(np.nan, out.index)
-
-    latent = col("config/latent_dim")
+    dims = out[[c for c in out if c.startswith("vae/end/kl_per_dim/")]].notna().sum(axis=1)
     criteria = {
-        "no_active_units": col("vae/active_units") == 0,
-        "low_kl": (col("vae/kl") / latent) < kl_per_dim,
-        "chance_accuracy": col("val_accuracy") <= 1.0 / num_classes + chance_margin,
+        "no_active_units": _numeric(out, "vae/end/active_units") == 0,
+        "low_kl": (_numeric(out, "vae/end/kl") / dims.where(dims > 0)) < kl_per_dim,
+        "chance_accuracy": _numeric(out, "vae/end/val_accuracy")
+        <= 1.0 / _numeric(out, "num_classes") + chance_margin,
     }
     for name, fired in criteria.items():
         out[f"collapse/{name}"] = fired.fillna(False).astype(bool) & is_vae
@@ -47,18 +54,27 @@ def flag_collapse(df: pd.DataFrame, kl_per_dim: float = KL_PER_DIM,
     return out
 
 
+BY_BETA = {"vae/mig": "mig", "vae/end/val_accuracy": "vae_end_val_accuracy",
+           "val_accuracy": "val_accuracy", "test_accuracy": "test_accuracy"}
+
+
 def collapse_by_beta(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials and collapsed fraction per beta bin (log-spaced bins over the betas present)."""
+    """Per beta bin (log-spaced over the betas present): trials, collapsed count and fraction, and
+    the mean MIG (dsprites trials), accuracy at the end of the VAE phase and final accuracies."""
+    columns = ["beta", "trials", "collapsed", "fraction", *BY_BETA.values()]
     vae = df[df["status"].isin(["complete", "diverged"]) & (df.get("method") == "beta_vae")
              & (df.get("variant", "vae").fillna("vae") == "vae") & df["config/beta"].notna()]
     if vae.empty:
-        return pd.DataFrame(columns=["beta", "trials", "collapsed", "fraction"])
+        return pd.DataFrame(columns=columns)
     edges = [0, 0.5, 1, 2, 5, 10, 20, np.inf]
-    bins = pd.cut(vae["config/beta"].astype(float), edges, right=False)
-    table = vae.groupby(bins, observed=True)["collapsed"].agg(["count", "sum"])
+    groups = vae.assign(**{k: _numeric(vae, k) for k in BY_BETA}).groupby(
+        pd.cut(vae["config/beta"].astype(float), edges, right=False), observed=True)
+    table = groups["collapsed"].agg(["count", "sum"])
+    means = groups[list(BY_BETA)].mean().rename(columns=BY_BETA)
     return pd.DataFrame({"beta": [str(i) for i in table.index], "trials": table["count"].values,
                          "collapsed": table["sum"].astype(int).values,
-                         "fraction": (table["sum"] / table["count"]).values})
+                         "fraction": (table["sum"] / table["count"]).values,
+                         **{c: means[c].values for c in BY_BETA.values()}}, columns=columns)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cols = ["study", "trial_id", "status", "config/beta", "config/latent_dim", "val_accuracy",
-            "vae/active_units", "vae/kl", "collapse"]
+    cols = ["study", "trial_id", "status", "config/beta", "config/latent_dim",
+            "vae/end/val_accuracy", "vae/end/active_units", "vae/end/kl", "vae/mig", "val_accuracy",
+            "collapse"]
     vae = df[df["method"] == "beta_vae"]
-    print(vae[[c for c in cols if c in vae]].to_string(index=False))
+    print(vae[[c for c in cols if c in vae]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print()
-    print(collapse_by_beta(df).to_string(index=False))
+    print(collapse_by_beta(df).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 

@@ -3,8 +3,9 @@
 Writes one YAML per chosen trial: `config` (every setting the trial ran with, ready for
 `python -m study.train FILE.yaml`) and `provenance` (study, trial id, its metrics, the CPU threads
 it ran on so a CPU retrain reproduces it). Only complete trials are chosen.
-- knee: the front's point farthest from the line joining its two ends (objectives scaled to [0, 1]
-  over the front); top-k takes the next farthest;
+- knee: per front (method, dataset, model), the point farthest from the line joining the front's
+  two ends on the side away from the origin (objectives scaled to [0, 1] over the front); top-k
+  takes the next farthest;
 - max-accuracy: highest val_accuracy (ties: higher sparsity);
 - min-size: fewest nonzero parameters among trials with val_accuracy >= --min-accuracy.
 `--min-sparsity` keeps only trials at least that sparse, for every pick.
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.pareto import OBJECTIVES, front
+from analysis.pareto import OBJECTIVES, front, group_name
 from analysis.results import StudyError, load_results, study_info
 
 PICKS = ("knee", "max-accuracy", "min-size")
@@ -28,7 +29,9 @@ PROVENANCE_METRICS = ("val_accuracy", "sparsity", "test_accuracy", "prunable_spa
 
 
 def knee_order(f: pd.DataFrame) -> pd.DataFrame:
-    """Front rows ordered by distance from the chord between the front's two ends, farthest first."""
+    """One front's rows ordered by signed distance from the chord between its two ends, positive on
+    the side away from the origin (a bulge toward (1, 1)), farthest first; a point on the origin's
+    side of the chord (a dent in the front) comes after the ends."""
     if len(f) <= 2:  # no chord to measure against: nearest to the utopia point (1, 1)
         d = -np.hypot(1 - f[OBJECTIVES[0]], 1 - f[OBJECTIVES[1]])
         return f.assign(_score=d.to_numpy()).sort_values("_score", ascending=False).drop(columns="_score")
@@ -38,16 +41,24 @@ def knee_order(f: pd.DataFrame) -> pd.DataFrame:
     a, b = z[np.argmax(z[:, 0])], z[np.argmax(z[:, 1])]  # the two ends of the front
     chord = b - a
     norm = np.hypot(*chord) or 1.0
-    dist = np.abs(chord[0] * (z[:, 1] - a[1]) - chord[1] * (z[:, 0] - a[0])) / norm
-    return f.assign(_score=dist).sort_values("_score", ascending=False).drop(columns="_score")
+
+    def side(p: np.ndarray) -> np.ndarray:  # cross product: its sign tells the side of the chord
+        return (chord[0] * (p[..., 1] - a[1]) - chord[1] * (p[..., 0] - a[0])) / norm
+
+    origin = (0 - pts.min(axis=0)) / np.where(span > 0, span, 1)
+    away = -np.sign(side(origin)) or 1.0
+    return f.assign(_score=away * side(z)).sort_values("_score", ascending=False).drop(columns="_score")
 
 
 def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
            min_accuracy: float = 0.0) -> pd.DataFrame:
     done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)].dropna(
         subset=list(OBJECTIVES))
-    if pick == "knee":
-        ranked = knee_order(front(done))
+    if pick == "knee":  # the knee of each front, then each front's next, and so on
+        fronts = [front(g) for _, g in done.groupby(done.apply(group_name, axis=1))]
+        per_front = [knee_order(f).assign(_rank=range(len(f))) for f in fronts]
+        ranked = (pd.concat(per_front).sort_values("_rank", kind="stable").drop(columns="_rank")
+                  if per_front else done)
     elif pick == "max-accuracy":
         ranked = done.sort_values(["val_accuracy", "sparsity"], ascending=False)
     elif pick == "min-size":

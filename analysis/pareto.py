@@ -1,10 +1,12 @@
 """`python -m analysis.pareto STUDY [STUDY...]`: Pareto fronts of accuracy against sparsity.
 
-Per method and across all studies given: the non-dominated complete trials on (val_accuracy,
-sparsity), their test accuracy beside, and the dominated hypervolume per method (reference point
-accuracy 0, sparsity 0), one number to compare methods and samplers. Writes `pareto.csv`,
-`pareto.png` and `pareto.html` (default: the first study's `analysis/` folder), prints the fronts,
-and logs them to a summary run in the study's W&B group (offline without credentials).
+One front per (method, dataset, model) over all the studies given, never mixing datasets: the
+non-dominated complete trials on (val_accuracy, sparsity), their test accuracy beside, and the
+dominated hypervolume (reference point accuracy 0, sparsity 0), one number to compare samplers;
+where a dataset has several (method, model) groups, also their joint front `all/<dataset>`.
+Writes `pareto.csv`, `pareto.png` and `pareto.html` (default: the first study's `analysis/`
+folder), prints the fronts, and logs them to a summary run in the study's W&B group (offline
+without credentials).
 """
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ import numpy as np
 import pandas as pd
 
 OBJECTIVES = ("val_accuracy", "sparsity")
+GROUP = ("method", "dataset", "model")  # a front compares like with like: one of each at a time
+
+
+def group_name(row: pd.Series | dict) -> str:
+    """The front a trial belongs to: `method/dataset/model`."""
+    return "/".join("-" if pd.isna(row.get(k)) else str(row[k]) for k in GROUP)
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -58,21 +66,28 @@ def hypervolume_2d(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.
 
 
 def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(front rows with a `front` column naming each method's front and 'all', hypervolume per
-    method) over the complete trials of df."""
+    """(front rows, with a `front` column naming their group `method/dataset/model` or the joint
+    front `all/<dataset>`; one row per front with its trials, size and hypervolume) over the
+    complete trials of df."""
     missing = [m for m in objectives if m not in df.columns]
     if missing:
         raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
     done = df[df["status"] == "complete"].dropna(subset=list(objectives))
+    done = done.assign(**{k: done[k].fillna("-") if k in done else "-" for k in GROUP})
+    groups = [("/".join(map(str, key)), g) for key, g in done.groupby(list(GROUP), sort=True)]
+    for dataset, g in done.groupby("dataset", sort=True):
+        if g[["method", "model"]].drop_duplicates().shape[0] > 1:
+            groups.append((f"all/{dataset}", g))
     parts, volumes = [], []
-    for method, group in done.groupby("method"):
-        parts.append(front(group, objectives).assign(front=method))
-        volumes.append({"method": method, "trials": len(group), "front_size": len(parts[-1]),
+    for name, group in groups:
+        parts.append(front(group, objectives).assign(front=name))
+        volumes.append({"front": name, "method": group["method"].iloc[0] if not name.startswith("all/")
+                        else "all", "dataset": group["dataset"].iloc[0], "trials": len(group),
+                        "front_size": len(parts[-1]),
                         "hypervolume": hypervolume_2d(group[list(objectives)].to_numpy())})
-    if done["method"].nunique() > 1:
-        parts.append(front(done, objectives).assign(front="all"))
     table = pd.concat(parts, ignore_index=True) if parts else done.assign(front=[])
-    return table, pd.DataFrame(volumes, columns=["method", "trials", "front_size", "hypervolume"])
+    return table, pd.DataFrame(volumes, columns=["front", "method", "dataset", "trials", "front_size",
+                                                 "hypervolume"])
 
 
 def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES) -> None:
@@ -83,16 +98,17 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
 
     y, x = objectives
     fig, ax = plt.subplots(figsize=(7, 5))
-    for i, (method, group) in enumerate(df.dropna(subset=list(objectives)).groupby("method")):
+    data = df.dropna(subset=list(objectives))
+    for i, (name, group) in enumerate(data.groupby(data.apply(group_name, axis=1))):
         color = f"C{i}"
-        ax.scatter(group[x], group[y], s=18, alpha=0.5, color=color, label=f"{method} trials")
+        ax.scatter(group[x], group[y], s=18, alpha=0.5, color=color, label=f"{name} trials")
         if "collapsed" in group:
             c = group[group["collapsed"].astype(bool)]
             ax.scatter(c[x], c[y], s=60, marker="x", color="k",
                        label="collapsed" if i == 0 else None)
-        f = table[table["front"] == method].sort_values(x)
+        f = table[table["front"] == name].sort_values(x)
         if not f.empty:
-            ax.step(f[x], f[y], where="post", color=color, lw=2, label=f"{method} front")
+            ax.step(f[x], f[y], where="post", color=color, lw=2, label=f"{name} front")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
@@ -110,14 +126,14 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
     data = df.dropna(subset=list(objectives))
     hover = [c for c in data.columns if c.startswith("config/") or c in ("trial_id", "study",
                                                                             "test_accuracy", "collapse")]
-    for method, group in data.groupby("method"):
+    for name, group in data.groupby(data.apply(group_name, axis=1)):
         fig.add_trace(go.Scatter(
-            x=group[x], y=group[y], mode="markers", name=f"{method} trials",
+            x=group[x], y=group[y], mode="markers", name=f"{name} trials",
             customdata=group[hover].astype(str).to_numpy(),
             hovertemplate="<br>".join(f"{c}: %{{customdata[{i}]}}" for i, c in enumerate(hover))))
-        f = table[table["front"] == method].sort_values(x)
+        f = table[table["front"] == name].sort_values(x)
         fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="lines", line_shape="hv",
-                                 name=f"{method} front"))
+                                 name=f"{name} front"))
     fig.update_layout(xaxis_title=x, yaxis_title=y, title="Pareto fronts")
     fig.write_html(str(path), include_plotlyjs=True)
 

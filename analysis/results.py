@@ -1,6 +1,6 @@
 """One table of trials from one or more study folders (read only: never trains, never writes).
 
-A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, status, every
+A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, model, status, every
 setting as `config/<key>`, and every metric at its last reported value (`epoch` tells how far the
 trial got). Status: `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
 `failed` (raised, or Optuna recorded it failed), `running` (neither: still running, or
@@ -90,6 +90,9 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
             "optuna_number": ot.number if ot is not None else None,
             "method": config.get("method", info.get("method")),
             "variant": config.get("variant"), "dataset": config.get("dataset", info.get("dataset")),
+            # the architecture fronts compare on: `model` where the method has one, else beta_vae's
+            # variant (the Beta-VAE-Classif or the CNN-Classif network)
+            "model": config.get("model", config.get("variant")),
             "status": _status(history[-1] if history else {}, trial_dir, ot),
             **{f"config/{k}": v for k, v in config.items()},
             **{k: v for k, v in last.items() if not isinstance(v, (dict, list))},

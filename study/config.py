@@ -35,6 +35,9 @@ class TrialConfig:
     batch_size: int = setting(128, "training batch size (samples)", low=1)
     eval_batch_size: int = setting(1024, "evaluation batch size (samples); no effect on results", low=1)
     train_subset: int = setting(0, "train on this many samples of the training split (0: all)", low=0)
+    label_factor: str = setting("", "class label from this generative factor, for datasets that have "
+                                "them (dsprites: shape, scale, orientation, pos_x, pos_y); '': the "
+                                "dataset's own label (dsprites: shape)")
     device: str = setting("auto", "auto: CUDA when the trial holds a GPU, else CPU",
                           choices=("auto", "cpu", "cuda"))
 

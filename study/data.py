@@ -31,7 +31,7 @@ _TORCHVISION = {
 }
 # Named ImageFolder datasets: name -> folder under the data root.
 _FOLDERS = {"cifar10_jpeg": "CIFAR10-JPEG"}
-DATASETS = tuple(_TORCHVISION) + tuple(_FOLDERS)
+DATASETS = tuple(_TORCHVISION) + tuple(_FOLDERS) + ("dsprites",)
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -52,6 +52,11 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int
+    # ground-truth generative factors (int codes, one column each) where the dataset has them
+    factor_names: tuple[str, ...] = ()
+    train_factors: torch.Tensor | None = None
+    val_factors: torch.Tensor | None = None
+    test_factors: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -59,7 +64,8 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         move = {k: getattr(self, k).to(device) for k in
-                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "train_factors",
+                 "val_factors", "test_factors") if getattr(self, k) is not None}
         return replace(self, **move)
 
     def subset_train(self, n: int, seed: int = SPLIT_SEED) -> Dataset:
@@ -68,7 +74,22 @@ class Dataset:
             return self
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train_y), generator=g)[:n].to(self.train_x.device)
-        return replace(self, train_x=self.train_x[idx], train_y=self.train_y[idx])
+        factors = self.train_factors[idx] if self.train_factors is not None else None
+        return replace(self, train_x=self.train_x[idx], train_y=self.train_y[idx],
+                       train_factors=factors)
+
+    def with_label(self, factor: str) -> Dataset:
+        """The class label taken from the generative factor `factor` ('' keeps the dataset's)."""
+        if not factor:
+            return self
+        if factor not in self.factor_names:
+            known = ", ".join(self.factor_names) or "none: it has no generative factors"
+            raise DataError(f"dataset {self.name} has no factor {factor!r} to label by (factors: {known})")
+        k = self.factor_names.index(factor)
+        labels = {s: getattr(self, f"{s}_factors")[:, k].clone() for s in ("train", "val", "test")}
+        classes = int(max(int(v.max()) for v in labels.values())) + 1
+        return replace(self, train_y=labels["train"], val_y=labels["val"], test_y=labels["test"],
+                       num_classes=classes)
 
 
 def default_data_dir() -> Path:
@@ -85,6 +106,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     if name in _TORCHVISION:
         x, y, tx, ty, num_classes = _load_torchvision(name, root, download)
         _, mean, std = _TORCHVISION[name]
+    elif name == "dsprites":
+        return load_dsprites(root)
     elif name in _FOLDERS or name.startswith("folder:"):
         path = root / _FOLDERS[name] if name in _FOLDERS else Path(name[len("folder:"):]).expanduser()
         x, y, tx, ty, num_classes = _load_image_folder(path)
@@ -163,6 +186,97 @@ def _load_image_folder(path: Path):
                 torch.tensor(folder.targets, dtype=torch.int64)]
         classes = folder.classes
     return (*out, len(classes))
+
+
+# dSprites (Matthey et al. 2017): the full grid of its five factors, in the original file's order
+DSPRITES_FACTORS = {"shape": 3, "scale": 6, "orientation": 40, "pos_x": 32, "pos_y": 32}
+DSPRITES_FILE = "dsprites/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+DSPRITES_SIZE = 70_000  # images drawn from the 737,280 of the grid: 60,000 training, 10,000 test
+DSPRITES_TEST = 10_000
+_DSPRITES_CACHE = "dsprites-render-v1.npz"
+
+
+def dsprites_factor_codes(index: np.ndarray) -> np.ndarray:
+    """Grid indices -> (n, 5) factor codes (shape, scale, orientation, pos_x, pos_y), last fastest."""
+    codes, rest = [], np.asarray(index, dtype=np.int64)
+    for size in reversed(DSPRITES_FACTORS.values()):
+        codes.append(rest % size)
+        rest = rest // size
+    return np.stack(codes[::-1], axis=1)
+
+
+def render_dsprites(codes: np.ndarray) -> np.ndarray:
+    """64x64 binary images (uint8 0/1) of the given factor codes, drawn as dSprites draws them:
+    a square, an ellipse or a heart; scale 6 values in [0.5, 1]; orientation 40 values in
+    [0, 2 pi); centre 32 values per axis across the image. A stand-in for the original file (which
+    is used instead when present): same factors and grid, not the same pixels."""
+    side = 64
+    scales = np.linspace(0.5, 1.0, 6)
+    angles = np.linspace(0.0, 2 * np.pi, 40, endpoint=False)
+    shift = np.round(np.linspace(0, 0.6 * side, 32)).astype(int)  # pixels; distinct per position
+    # every (shape, scale, orientation) sprite once, centred at c0; positions are integer shifts
+    c0, radius = 0.2 * side, 0.16 * side
+    v, u = np.mgrid[0:side, 0:side].astype(np.float64) + 0.5
+    sprites = np.zeros((3, 6, 40, side, side), dtype=np.uint8)
+    for j, s in enumerate(scales):
+        for k, a in enumerate(angles):
+            # pixel coordinates in the sprite's frame: rotated by -a, in units of its radius
+            x = (np.cos(a) * (u - c0) + np.sin(a) * (v - c0)) / (radius * s)
+            y = (-np.sin(a) * (u - c0) + np.cos(a) * (v - c0)) / (radius * s)
+            sprites[0, j, k] = np.maximum(np.abs(x), np.abs(y)) <= 0.75
+            sprites[1, j, k] = (x / 1.0) ** 2 + (y / 0.5) ** 2 <= 1.0
+            hx, hy = x / 0.8, -y / 0.8 + 0.1  # the heart curve (x^2 + y^2 - 1)^3 <= x^2 y^3
+            sprites[2, j, k] = (hx ** 2 + hy ** 2 - 1) ** 3 - hx ** 2 * hy ** 3 <= 0
+    images = np.zeros((len(codes), side, side), dtype=np.uint8)
+    for (sx, sy), rows in _group_rows(codes[:, 3:5]):
+        base = sprites[codes[rows, 0], codes[rows, 1], codes[rows, 2]]
+        dx, dy = shift[sx], shift[sy]
+        images[rows, dy:, dx:] = base[:, :side - dy, :side - dx]
+    return images
+
+
+def _group_rows(keys: np.ndarray):
+    """((key tuple), row indices) for each distinct row of `keys`."""
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    order = np.argsort(inverse.ravel(), kind="stable")
+    bounds = np.cumsum(np.bincount(inverse.ravel(), minlength=len(uniq)))[:-1]
+    return zip(map(tuple, uniq), np.split(order, bounds), strict=True)
+
+
+def load_dsprites(root: Path) -> Dataset:
+    """dSprites: a fixed-seed sample of DSPRITES_SIZE images of the factor grid, its first
+    DSPRITES_TEST the test split; labels are the shape (Dataset.with_label picks another factor).
+    Read from the original file under the data root when present, else rendered (render_dsprites)
+    and cached once in the cache folder."""
+    index = np.sort(np.random.default_rng(SPLIT_SEED).choice(
+        int(np.prod(list(DSPRITES_FACTORS.values()))), DSPRITES_SIZE, replace=False))
+    original = root / DSPRITES_FILE
+    if original.exists():  # the arrays only: its pickled metadata is never unpickled
+        with np.load(original, allow_pickle=False) as f:
+            images = f["imgs"][index].astype(np.uint8)
+    else:
+        cache = _cache_dir() / _DSPRITES_CACHE
+        if cache.exists():
+            with np.load(cache) as f:
+                images = np.unpackbits(f["bits"], axis=-1).reshape(-1, 64, 64)
+        else:
+            images = render_dsprites(dsprites_factor_codes(index))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez_compressed(tmp, bits=np.packbits(images.reshape(len(images), -1), axis=-1))
+            tmp.replace(cache)  # atomic: concurrent loaders never read a half-written file
+    codes = torch.from_numpy(dsprites_factor_codes(index))
+    x = torch.from_numpy(images).unsqueeze(1).mul_(255)  # 0/1 -> 0/255 like every other dataset
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    test, rest = order[:DSPRITES_TEST], order[DSPRITES_TEST:]
+    train_idx, val_idx = (rest[i] for i in split_indices(len(rest)))
+    on = np.count_nonzero(images[rest.numpy()]) / (len(rest) * images[0].size)  # binary pixels
+    return Dataset(name="dsprites", train_x=x[train_idx], train_y=codes[train_idx, 0],
+                   val_x=x[val_idx], val_y=codes[val_idx, 0], test_x=x[test], test_y=codes[test, 0],
+                   mean=(on,), std=(float(np.sqrt(on * (1 - on))),),
+                   num_classes=DSPRITES_FACTORS["shape"], factor_names=tuple(DSPRITES_FACTORS),
+                   train_factors=codes[train_idx], val_factors=codes[val_idx],
+                   test_factors=codes[test])
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,

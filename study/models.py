@@ -66,9 +66,10 @@ class BetaVAEClassifier(nn.Module):
 
 def beta_vae_hidden(input_shape: tuple[int, int, int]) -> int:
     """Paper-sized dense layer: 16 units gives ~69k parameters on 28x28x1 (Keras' VAE example);
-    700 gives ~2.9M on 32x32x3, the paper's CIFAR-10 size."""
+    700 gives ~2.9M on 32x32x3, the paper's CIFAR-10 size. Other grayscale inputs (dsprites'
+    64x64) keep the MNIST model's 16 units (0.27M parameters there)."""
     c, h, w = input_shape
-    return 16 if h * w * c <= 28 * 28 else 700
+    return 16 if c == 1 else 700
 
 
 # --- classifiers by name: features (conv part, may be empty) then a head of Linear/ReLU layers ---

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from study.config import ConfigError
 from study.data import DATASETS, DataError, Dataset, default_data_dir, load_dataset
 from study.methods import METHODS
@@ -70,6 +68,7 @@ def build_space(args: argparse.Namespace) -> StudySpace:
     for text in args.set:
         space.set(*parse_assignment(text))
     space.fixed["method"] = args.method
+    space.fill_defaults()
     return space
 
 
@@ -143,21 +142,31 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
         ray.init(include_dashboard=False, runtime_env={"env_vars": env})
 
 
-def summarize(df: pd.DataFrame, searched: list[str]) -> str:
-    """The non-dominated trials as a table, with test accuracy and the searched settings beside."""
-    from analysis.pareto import front
+def summarize(study_dir: Path) -> str:
+    """The finished trials' Pareto fronts, one per (method, dataset, model), with test accuracy and
+    the settings that differ between trials beside; read back from the study folder as
+    `analysis.pareto` reads it, so a trial that failed or diverged part-way is never a point."""
+    from analysis.pareto import fronts
+    from analysis.results import load_study
 
-    if df.empty or any(m not in df.columns for m in OBJECTIVES):
-        return "no trial finished with both objectives"
-    done = df.dropna(subset=OBJECTIVES)
+    df = load_study(study_dir)
+    counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items()) if len(df) else "none"
+    done = df[df["status"] == "complete"] if len(df) else df
     if done.empty:
-        return "no trial finished with both objectives"
-    cols = ["trial_id", *OBJECTIVES, "test_accuracy"] + [f"config/{k}" for k in searched]
-    table = front(done)[[c for c in cols if c in done.columns]]
-    table = table.rename(columns={f"config/{k}": k if k not in OBJECTIVES else f"{k} (setting)"
-                                  for k in searched})
-    return (f"Pareto front (val_accuracy, sparsity): {len(table)} of {len(done)} finished trials\n"
-            + table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return f"no trial finished (trials: {counts})"
+    table, volumes = fronts(df)
+    trials = dict(zip(volumes["front"], volumes["trials"], strict=True))
+    searched = [c for c in done.columns if c.startswith("config/") and done[c].nunique(dropna=True) > 1]
+    cols = ["trial_id", *OBJECTIVES, "test_accuracy", *searched]
+    parts = []
+    for name, rows in table.groupby("front", sort=False):
+        names = {c: c[len("config/"):] for c in searched}
+        shown = rows[[c for c in cols if c in rows]].rename(columns={
+            c: n if n not in OBJECTIVES else f"{n} (setting)" for c, n in names.items()})
+        parts.append(f"Pareto front (val_accuracy, sparsity) of {name}: {len(rows)} of "
+                     f"{trials[name]} finished trials\n"
+                     + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return f"trials: {counts}\n" + "\n\n".join(parts)
 
 
 def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
@@ -171,6 +180,7 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
                           f"or continue it with --resume {name}")
     data_dir = Path(args.data_dir or default_data_dir()).resolve()
     data = load_dataset(dataset_name, data_dir)  # fail before creating anything
+    data.with_label(space.fixed.get("label_factor", ""))
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         probe = study_dir / ".write-test"
@@ -250,11 +260,9 @@ def run(args: argparse.Namespace) -> int:
                   f"later with `wandb sync {study_dir / 'wandb'}/offline-run-*`", flush=True)
         results = tuner.fit()
         reconciled = reconcile_optuna(study_dir, name)
-        df = results.get_dataframe()
         print()
-        print(summarize(df, [k[len("config/"):] for k in df.columns if k.startswith("config/")
-                             and df[k].nunique(dropna=True) > 1]))
-        print(f"\n{len(df)} trials, {len(results.errors)} failed"
+        print(summarize(study_dir))
+        print(f"\n{len(results)} trials, {len(results.errors)} failed"
               + (f", {reconciled} Optuna trials reconciled with Ray's" if reconciled else "")
               + f". Study folder: {study_dir}")
         print(f"Optuna storage: sqlite:///{study_dir / 'optuna.db'} (optuna-dashboard can open it)")

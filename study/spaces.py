@@ -41,6 +41,14 @@ class StudySpace:
         self.fixed[key] = _check(self.method, key, value)
         self.search.pop(key, None)
 
+    def fill_defaults(self) -> None:
+        """Fix every setting neither fixed nor searched to its default, so each trial's config
+        (params.json, W&B, exports) holds every setting it ran with, defaults included."""
+        for cls in (TrialConfig, METHODS[self.method].Config):
+            for name, f in cfgmod.fields(cls).items():
+                if name not in self.search:
+                    self.fixed.setdefault(name, f.default)
+
 
 def default_space_file(method: str) -> Path:
     return SPACES_DIR / f"{method}.yaml"

@@ -25,7 +25,7 @@ from study import config as cfgmod
 from study.config import ConfigError, TrialConfig
 from study.data import Dataset, batches, load_dataset
 from study.methods import METHODS
-from study.methods.base import DataInfo
+from study.methods.base import DataInfo, EpochEnd
 from study.sparsity import DenseReference, size_metrics
 
 STATE_FILE = "state.pt"
@@ -137,7 +137,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     device = _device(trial.device, gpus)
     if data is None:
         data = load_dataset(trial.dataset, data_dir)
-    data = data.subset_train(trial.train_subset).to(device)
+    data = data.with_label(trial.label_factor).subset_train(trial.train_subset).to(device)
     seed_everything(trial.seed)
     info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
     method = METHODS[trial.method](method_cfg, info, device)
@@ -180,10 +180,13 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
         with autocast:
             extra = method.finish() if last else {}
             model = method.inference_model()
+            val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
+            end = EpochEnd(phase, last or _phase_at(schedule, epoch + 1)[1], val_accuracy,
+                           data.val_x, data.val_y, data.val_factors, trial.eval_batch_size)
             metrics = {"epoch": epoch + 1, "phase": phase, "epoch_seconds": seconds, **terms,
-                       "val_accuracy": accuracy(model, data.val_x, data.val_y, trial.eval_batch_size),
+                       "val_accuracy": val_accuracy, "num_classes": data.num_classes,
                        **size_metrics(model, dense, data.input_shape),
-                       **method.diagnostics(phase, data.val_x, data.val_y), **extra}
+                       **method.diagnostics(end), **extra}
             if checkpoint_seconds is not None:
                 metrics["checkpoint_seconds"] = checkpoint_seconds
             if last:  # measured once, at the end; only reported, never optimized

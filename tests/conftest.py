@@ -135,3 +135,11 @@ def run_recorded(config: dict, data, stop_after: int | None = None, resume: dict
     except _Interrupt:
         pass
     return reports, states
+
+
+@pytest.fixture(scope="session")
+def dsprites(data_dir):
+    """dSprites, rendered once per session into the session's cache folder."""
+    from study.data import load_dataset
+
+    return load_dataset("dsprites", data_dir, download=False)

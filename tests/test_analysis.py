@@ -43,43 +43,108 @@ def test_hypervolume_of_known_points(points, expected):
 
 def _table(rows):
     base = {"study": "s", "trial_id": "t", "status": "complete", "method": "beta_vae", "variant": "vae",
-            "config/latent_dim": 4, "config/beta": 1.0}
+            "dataset": "mnist", "model": "vae", "config/latent_dim": 4, "config/beta": 1.0,
+            "num_classes": 10}
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
-def test_fronts_are_per_method_and_across_methods_over_complete_trials():
+def test_fronts_compare_like_with_like_over_complete_trials():
     df = _table([
         {"trial_id": "a", "val_accuracy": 0.9, "sparsity": 0.5},
         {"trial_id": "b", "val_accuracy": 0.8, "sparsity": 0.6},
         {"trial_id": "c", "val_accuracy": 0.99, "sparsity": 0.99, "status": "failed"},  # ignored
-        {"trial_id": "d", "method": "reparam", "val_accuracy": 0.85, "sparsity": 0.9},
+        {"trial_id": "d", "method": "reparam", "model": "lenet300", "val_accuracy": 0.85, "sparsity": 0.9},
+        # another dataset: its own front, never on MNIST's, however good
+        {"trial_id": "e", "dataset": "fashion_mnist", "val_accuracy": 0.95, "sparsity": 0.95},
+        # the CNN baseline is another model: its own front
+        {"trial_id": "f", "variant": "cnn", "model": "cnn", "val_accuracy": 0.99, "sparsity": 0.4},
     ])
     table, volumes = fronts(df)
-    assert sorted(table[table["front"] == "beta_vae"]["trial_id"]) == ["a", "b"]
-    assert sorted(table[table["front"] == "all"]["trial_id"]) == ["a", "d"]
-    hv = dict(zip(volumes["method"], volumes["hypervolume"], strict=True))
-    assert hv["beta_vae"] == pytest.approx(0.9 * 0.5 + 0.8 * 0.1)
-    assert hv["reparam"] == pytest.approx(0.85 * 0.9)
+    members = {name: sorted(g["trial_id"]) for name, g in table.groupby("front")}
+    assert members == {"beta_vae/mnist/vae": ["a", "b"], "beta_vae/mnist/cnn": ["f"],
+                       "reparam/mnist/lenet300": ["d"], "beta_vae/fashion_mnist/vae": ["e"],
+                       "all/mnist": ["a", "d", "f"]}
+    hv = dict(zip(volumes["front"], volumes["hypervolume"], strict=True))
+    assert hv["beta_vae/mnist/vae"] == pytest.approx(0.9 * 0.5 + 0.8 * 0.1)
+    assert hv["reparam/mnist/lenet300"] == pytest.approx(0.85 * 0.9)
+    assert hv["beta_vae/fashion_mnist/vae"] == pytest.approx(0.95 * 0.95)
+    assert "all/fashion_mnist" not in hv  # one group only: no joint front
     with pytest.raises(ValueError, match="unknown metric 'latency'"):
         fronts(df, ("val_accuracy", "latency"))
 
 
-def test_collapse_flags_name_the_criteria_that_fired():
+def test_the_knee_is_the_front_point_farthest_from_the_chord_away_from_the_origin():
+    from analysis.export import choose
+
+    # ends (0.98, 0.1) and (0.2, 0.95); "bulge" lies above the chord (toward (1, 1)), "dent" below
+    # it (toward the origin) and farther from it (0.16 vs 0.12 scaled): the knee is the bulge
     df = _table([
-        {"trial_id": "ok", "val_accuracy": 0.95, "vae/active_units": 3, "vae/kl": 8.0},
-        {"trial_id": "dead", "val_accuracy": 0.10, "vae/active_units": 0, "vae/kl": 0.001,
-         "config/beta": 10.0},
-        {"trial_id": "lowkl", "val_accuracy": 0.6, "vae/active_units": 1, "vae/kl": 0.02},
+        {"trial_id": "end_acc", "val_accuracy": 0.98, "sparsity": 0.1},
+        {"trial_id": "bulge", "val_accuracy": 0.7, "sparsity": 0.55},
+        {"trial_id": "dent", "val_accuracy": 0.25, "sparsity": 0.7},
+        {"trial_id": "end_sparse", "val_accuracy": 0.2, "sparsity": 0.95},
+        {"trial_id": "other_dataset", "dataset": "fashion_mnist", "val_accuracy": 0.97, "sparsity": 0.97},
+    ])
+    mnist = df[df["dataset"] == "mnist"]
+    assert choose(mnist, "knee", 1)["trial_id"].tolist() == ["bulge"]
+    assert choose(mnist, "knee", 4)["trial_id"].tolist()[-1] == "dent"  # after the two ends
+    # several datasets: each front's knee first, never a knee of their mixture
+    assert sorted(choose(df, "knee", 2)["trial_id"]) == ["bulge", "other_dataset"]
+
+
+def test_collapse_flags_read_the_vae_state_at_the_end_of_its_phase():
+    def end(kl, units, acc, dims=4):
+        return {"vae/end/kl": kl, "vae/end/active_units": units, "vae/end/val_accuracy": acc,
+                **{f"vae/end/kl_per_dim/{j}": kl / dims for j in range(dims)}}
+
+    df = _table([
+        {"trial_id": "ok", "val_accuracy": 0.95, **end(8.0, 3, 0.9)},
+        {"trial_id": "dead", "val_accuracy": 0.10, "config/beta": 10.0, **end(0.001, 0, 0.1)},
+        {"trial_id": "lowkl", "val_accuracy": 0.6, **end(0.02, 1, 0.5)},
+        # collapsed in its VAE phase, recovered by the head phase: flagged all the same
+        {"trial_id": "recovered", "val_accuracy": 0.94, "vae/active_units": 16, **end(0.0001, 0, 0.11)},
+        # latent_dim not searched: no config/latent_dim; the dimensions come from kl_per_dim
+        {"trial_id": "unsearched", "val_accuracy": 0.9, "config/latent_dim": np.nan,
+         **end(0.05, 2, 0.8, dims=8)},
+        # three classes (dsprites shapes): chance is 1/3, so 0.34 is chance and 0.2 impossible
+        {"trial_id": "three", "num_classes": 3, "val_accuracy": 0.9, **end(5.0, 2, 0.34)},
         {"trial_id": "cnn", "variant": "cnn", "val_accuracy": 0.1, "vae/active_units": 0},
     ])
     flagged = flag_collapse(df).set_index("trial_id")
     assert flagged.loc["ok", "collapse"] == "" and not flagged.loc["ok", "collapsed"]
     assert flagged.loc["dead", "collapse"] == "no_active_units,low_kl,chance_accuracy"
     assert flagged.loc["lowkl", "collapse"] == "low_kl"  # 0.02 / 4 dims < 0.01 nats
+    assert flagged.loc["recovered", "collapse"] == "no_active_units,low_kl,chance_accuracy"
+    assert flagged.loc["unsearched", "collapse"] == "low_kl"  # 0.05 / 8 dims
+    assert flagged.loc["three", "collapse"] == "chance_accuracy"
     assert not flagged.loc["cnn", "collapsed"]  # the CNN baseline has no posterior
     assert flag_collapse(df, kl_per_dim=0.001).set_index("trial_id").loc["lowkl", "collapse"] == ""
     by_beta = collapse_by_beta(flag_collapse(df)).set_index("beta")
-    assert by_beta.loc["[10.0, 20.0)", "collapsed"] == 1 and by_beta.loc["[1.0, 2.0)", "trials"] == 2
+    assert by_beta.loc["[10.0, 20.0)", "collapsed"] == 1 and by_beta.loc["[1.0, 2.0)", "trials"] == 5
+    assert by_beta.loc["[1.0, 2.0)", "vae_end_val_accuracy"] == pytest.approx(
+        (0.9 + 0.5 + 0.11 + 0.8 + 0.34) / 5)
+
+
+def test_the_search_summary_lists_finished_trials_only(tmp_path):
+    from study.search import summarize
+
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"method": "beta_vae", "dataset": "mnist"}))
+    config = {"method": "beta_vae", "dataset": "mnist", "variant": "vae", "beta": 1.0}
+    trials = {"done": [{"epoch": 1, "val_accuracy": 0.9, "sparsity": 0.5, "test_accuracy": 0.89}],
+              # failed after an epoch whose intermediate metrics would dominate the finished trial
+              "broken": [{"epoch": 1, "val_accuracy": 0.95, "sparsity": 0.6}],
+              "nan": [{"epoch": 1, "diverged": 1, "loss": float("nan")}]}
+    for name, rows in trials.items():
+        (study / f"trial_{name}").mkdir()
+        (study / f"trial_{name}" / "params.json").write_text(json.dumps({**config, "beta": len(name)}))
+        (study / f"trial_{name}" / "result.json").write_text("\n".join(json.dumps(r) for r in rows))
+    (study / "trial_broken" / "error.txt").write_text("RuntimeError")
+    text = summarize(study)
+    assert "1 complete" in text and "1 failed" in text and "1 diverged" in text
+    assert "Pareto front (val_accuracy, sparsity) of beta_vae/mnist/vae: 1 of 1 finished trials" in text
+    assert "done" in text and "broken" not in text and "nan" not in text.split("\n", 1)[1]
 
 
 def test_results_table_reads_the_study(tiny_study):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -101,3 +102,115 @@ def test_vae_reports_its_diagnostics_each_epoch(mnist):
     assert {"train/kl", "train/recon", "train/ce", "vae/recon"} <= set(first)
     assert all("vae/active_units" in m for m in reports)
     assert "test_accuracy" in reports[-1] and "test_accuracy" not in reports[0]
+
+
+def _vae(**settings) -> BetaVAE:
+    torch.manual_seed(0)
+    return BetaVAE(BetaVAEConfig(**settings), DataInfo((1, 28, 28), 10, (0.1,), (0.3,)),
+                   torch.device("cpu"))
+
+
+def test_loss_reductions_scale_their_terms_as_documented(mnist):
+    x, y = mnist.val_x[:32].float() / 255, mnist.val_y[:32]
+
+    def terms(**settings):
+        torch.manual_seed(1)  # the same reparametrization noise for every variant
+        return {k: float(v.detach()) for k, v in _vae(beta=3.0, **settings).vae_loss(x, y).items()}
+
+    base = terms(ce_reduction="mean")
+    summed = terms()  # the default: Eq. 2, the cross-entropy summed over the batch
+    assert summed["train/ce"] == pytest.approx(base["train/ce"])  # reported per sample either way
+    # Eq. 3: beta * KL + reconstruction + cross-entropy, the cross-entropy batch-summed by default
+    assert summed["loss"] == pytest.approx(3 * base["train/kl"] + base["train/recon"] + 32 * base["train/ce"],
+                                           rel=1e-5)
+    assert base["loss"] == pytest.approx(3 * base["train/kl"] + base["train/recon"] + base["train/ce"],
+                                         rel=1e-5)
+    per_pixel = terms(ce_reduction="mean", recon_reduction="mean")
+    assert per_pixel["train/recon"] == pytest.approx(base["train/recon"] / 784, rel=1e-5)
+    on_mean = terms(ce_input="mean")
+    assert on_mean["train/ce"] != pytest.approx(summed["train/ce"])  # the head saw mu, not z
+    assert on_mean["train/kl"] == pytest.approx(summed["train/kl"])
+
+
+def _last_values(reports: list[dict]) -> dict:
+    """Every metric at its last reported value, as analysis.results reads a trial."""
+    last: dict = {}
+    for r in reports:
+        last.update(r)
+    return last
+
+
+def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recovers(mnist):
+    import pandas as pd
+
+    from analysis.collapse import flag_collapse
+
+    common = {"train_subset": 2000, "batch_size": 32, "epochs": 1, "head_epochs": 2, "prune_epochs": 0,
+              "sparsity": 0.0, "lr": 3e-3}
+    # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior (the issue's case)
+    collapsed = []
+    train(tiny_config(**common, beta=20.0, ce_reduction="mean", recon_reduction="mean"), mnist,
+          lambda m, d: collapsed.append(m))
+    healthy = []
+    train(tiny_config(**common, beta=1.0), mnist, lambda m, d: healthy.append(m))
+    for reports in (collapsed, healthy):  # recorded once, at the VAE phase's last epoch
+        assert [m["epoch"] for m in reports if "vae/end/kl" in m] == [1]
+        assert {"vae/end/val_accuracy", "vae/end/active_units", "vae/end/kl_per_dim/0"} <= set(reports[0])
+    end = collapsed[0]
+    assert end["vae/end/active_units"] == 0 and end["vae/end/val_accuracy"] < 0.15
+    # the head phase retrained the encoder on cross-entropy: the last epoch looks healthy
+    assert collapsed[-1]["val_accuracy"] > 0.3 and collapsed[-1]["vae/active_units"] > 0
+    rows = pd.DataFrame([{"method": "beta_vae", "variant": "vae", "status": "complete", "trial_id": name,
+                          **_last_values(reports)}
+                         for name, reports in (("collapsed", collapsed), ("healthy", healthy))])
+    flags = flag_collapse(rows).set_index("trial_id")
+    assert flags.loc["collapsed", "collapsed"]
+    assert set(flags.loc["collapsed", "collapse"].split(",")) >= {"no_active_units", "chance_accuracy"}
+    assert not flags.loc["healthy", "collapsed"], flags.loc["healthy", "collapse"]
+
+
+def test_mig_is_high_for_latents_that_read_off_one_factor_each_and_near_zero_for_noise():
+    from study.data import dsprites_factor_codes
+    from study.methods.beta_vae import mutual_information_gap
+
+    rng = np.random.default_rng(0)
+    factors = dsprites_factor_codes(rng.choice(737_280, 5000, replace=False))
+    noise = rng.normal(size=(5000, 5))
+    aligned = np.concatenate([factors + 0.01 * rng.normal(size=factors.shape), noise], axis=1)
+    assert mutual_information_gap(aligned, factors) > 0.8  # 20 bins cap 40 orientations at ~0.81
+    assert mutual_information_gap(rng.normal(size=(5000, 10)), factors) < 0.05
+    # the gap: a factor read off one latent scores ~1, the same factor spread over two latents ~0
+    shape = factors[:, :1] + 0.01 * rng.normal(size=(5000, 1))
+    assert mutual_information_gap(np.concatenate([shape, noise], axis=1), factors[:, :1]) > 0.95
+    assert mutual_information_gap(np.concatenate([shape, shape + 0.01, noise], axis=1),
+                                  factors[:, :1]) < 0.05
+
+
+def test_a_dsprites_trial_reports_mig_once_at_the_end_of_its_vae_phase(dsprites):
+    from dataclasses import replace
+
+    # 1,000 validation and test images keep the test fast (64x64 decoding is the cost)
+    small = replace(dsprites, val_x=dsprites.val_x[:1000], val_y=dsprites.val_y[:1000],
+                    val_factors=dsprites.val_factors[:1000], test_x=dsprites.test_x[:1000],
+                    test_y=dsprites.test_y[:1000], test_factors=dsprites.test_factors[:1000])
+    reports = []
+    config = tiny_config(dataset="dsprites", epochs=2, head_epochs=1, prune_epochs=0, sparsity=0.0,
+                         latent_dim=6, train_subset=256, label_factor="scale")
+    train(config, small, lambda m, d: reports.append(m))
+    assert [m["epoch"] for m in reports if "vae/mig" in m] == [2]
+    assert 0.0 <= reports[1]["vae/mig"] <= 1.0
+    assert all(m["num_classes"] == 6 for m in reports)  # labelled by scale
+
+
+def test_table_i_marks_rows_outside_the_papers_band():
+    from study.bench import table_i_markdown
+
+    def run(unpruned, pruned):
+        return {"row": "vae-5", "test_unpruned": unpruned, "test_pruned": pruned, "bytes_unpruned": 260e3,
+                "bytes_pruned": 150e3, "vae/end/active_units": 16, "vae/end/kl": 7.0,
+                "vae/end/val_accuracy": 0.9}
+
+    # paper vae-5: 96.86 +- 1.0 unpruned (band +- 2.0), 96.15 +- 0.2 pruned (band +- 1.5)
+    inside = table_i_markdown([run(0.95, 0.94), run(0.96, 0.945)]).splitlines()[-1]
+    assert "| 95.50 +- 0.71 | 96.86 +- 1.0 | yes | 94.25 +- 0.35 | 96.15 +- 0.2 | **no** |" in inside
+    assert "260.0 -> 150.0 | 16.0 | 7.00 | 90.0 |" in inside

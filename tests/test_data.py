@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,49 @@ def test_batches_cover_every_sample_once_in_a_seeded_order(mnist):
     assert torch.equal(seen, again)
     xb, _ = next(batches(x, y, 10))
     assert xb.dtype == torch.float32 and 0.0 <= float(xb.min()) and float(xb.max()) <= 1.0
+
+
+def test_dsprites_is_a_fixed_sample_of_the_factor_grid_with_its_factors_kept(dsprites):
+    from study.data import DSPRITES_FACTORS, dsprites_factor_codes
+
+    assert dsprites.input_shape == (1, 64, 64) and dsprites.num_classes == 3
+    assert len(dsprites.train_y) + len(dsprites.val_y) + len(dsprites.test_y) == 70_000
+    assert set(torch.unique(dsprites.train_x).tolist()) == {0, 255}  # binary images
+    assert dsprites.factor_names == tuple(DSPRITES_FACTORS)
+    for split in ("train", "val", "test"):
+        factors, labels = getattr(dsprites, f"{split}_factors"), getattr(dsprites, f"{split}_y")
+        assert torch.equal(labels, factors[:, 0])  # the label is the shape
+        for k, size in enumerate(DSPRITES_FACTORS.values()):
+            assert int(factors[:, k].min()) >= 0 and int(factors[:, k].max()) == size - 1
+    # the grid index decodes with the last factor fastest, as in the original file
+    assert dsprites_factor_codes([0, 1, 32, 737_279]).tolist() == [
+        [0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [2, 5, 39, 31, 31]]
+    by_scale = dsprites.with_label("scale")
+    assert by_scale.num_classes == 6 and torch.equal(by_scale.val_y, dsprites.val_factors[:, 1])
+    with pytest.raises(DataError, match="no factor 'colour'"):
+        dsprites.with_label("colour")
+
+
+def test_dsprites_images_follow_their_factors():
+    from study.data import render_dsprites
+
+    def image(shape=0, scale=5, orientation=0, x=16, y=16):
+        return torch.from_numpy(render_dsprites(np.array([[shape, scale, orientation, x, y]]))[0])
+
+    def centre(img):
+        v, u = torch.nonzero(img, as_tuple=True)
+        return float(u.float().mean()), float(v.float().mean())
+
+    base = image()
+    assert base.sum() > 0 and not torch.equal(base, image(shape=1)) and not torch.equal(base, image(shape=2))
+    assert image(scale=0).sum() < image(scale=5).sum()  # scale 0.5 vs 1: about a quarter the area
+    assert not torch.equal(image(shape=2, orientation=0), image(shape=2, orientation=10))
+    (x0, y0), (x1, y1) = centre(image(x=0)), centre(image(x=31))
+    assert x1 - x0 > 30 and abs(y1 - y0) < 1  # pos_x moves the sprite across, not down
+    assert centre(image(y=31))[1] - centre(image(y=0))[1] > 30
+    assert image(x=31, y=31)[-1].sum() == 0 and image(x=31, y=31)[:, -1].sum() == 0  # not clipped
+
+
+def test_label_factor_on_a_dataset_without_factors_is_refused(mnist):
+    with pytest.raises(DataError, match="mnist has no factor 'shape'"):
+        mnist.with_label("shape")

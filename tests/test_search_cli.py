@@ -35,6 +35,8 @@ def test_a_two_trial_beta_vae_study(tiny_study):
     for run in runs:
         assert run["group"] == "tiny" and set(run["tags"]) == {"beta_vae", "mnist"}
         assert run["config"]["latent_dim"] == 4
+        # every setting it ran with, defaults included, whether searched, fixed or neither
+        assert run["config"]["ce_reduction"] == "sum" and run["config"]["eval_batch_size"] == 1024
         epochs = [h["epoch"] for h in run["history"] if "epoch" in h]
         assert epochs == [1, 2, 3]
         first, last = run["history"][0], run["history"][-1]

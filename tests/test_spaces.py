@@ -16,7 +16,7 @@ def _space(tmp_path, text):
 def test_the_shipped_beta_vae_space_is_valid():
     space = load_space("beta_vae")
     assert set(space.search) == {"beta", "sparsity", "latent_dim", "lr"}
-    assert space.search["beta"] == od.FloatDistribution(0.1, 20.0, log=True)
+    assert space.search["beta"] == od.FloatDistribution(1.0, 20.0, log=True)
     assert isinstance(space.search["latent_dim"], od.CategoricalDistribution)
 
 

@@ -38,6 +38,8 @@ def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(mnist
     ({"method": "beta_vae", "variant": "gan"}, "'variant' must be one of"),
     ({"method": "beta_vae", "lr": float("nan")}, "'lr' must be finite"),
     ({"method": "beta_vae", "device": "tpu"}, "'device' must be one of"),
+    ({"method": "beta_vae", "ce_reduction": "avg"}, "'ce_reduction' must be one of"),
+    ({"method": "beta_vae", "recon_reduction": "max"}, "'recon_reduction' must be one of"),
 ])
 def test_bad_settings_are_errors_naming_the_key(config, message):
     with pytest.raises(ConfigError) as e:

@@ -20,12 +20,24 @@ class DataInfo:
     std: tuple[float, ...]
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the trainable measured at the end of an epoch, handed to `Method.diagnostics`."""
+    phase: str
+    phase_end: bool  # the last epoch of its phase (e.g. beta_vae's VAE state is diagnosed there)
+    val_accuracy: float  # of inference_model() on the validation split, as reported
+    x: torch.Tensor  # validation images (uint8) and labels, on the trial's device
+    y: torch.Tensor
+    factors: torch.Tensor | None  # the validation images' ground-truth factors (dsprites), else None
+    eval_batch_size: int  # samples per evaluation batch (no effect on results)
+
+
 class Method(Protocol):
     """One pruning method: owns its model(s), optimizer, loss and phase schedule.
 
     The trainable calls, in order: `schedule()` once; for each epoch `begin_phase(p)` at the first
     epoch of phase p, `train_epoch(p, batches)`; after the last epoch `finish()`; and, every
-    epoch, `inference_model()` (evaluated and counted) and `diagnostics(p, x, y)`.
+    epoch, `inference_model()` (evaluated and counted) and `diagnostics(EpochEnd)`.
     `state_dict`/`load_state_dict` cover everything needed to continue after any epoch.
     """
     Config: type  # a dataclass of settings (study.config.setting), defaults from the paper
@@ -45,8 +57,8 @@ class Method(Protocol):
 
     def inference_model(self) -> nn.Module: ...
 
-    def diagnostics(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Method metrics on the validation images x (uint8) and labels y, under its prefix."""
+    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
+        """Method metrics on the validation split, under its prefix."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

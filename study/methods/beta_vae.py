@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +21,7 @@ from torch.nn.utils import prune
 
 from study.config import setting
 from study.data import batches
-from study.methods.base import Batches, DataInfo
+from study.methods.base import Batches, DataInfo, EpochEnd
 from study.models import BetaVAEClassifier, beta_vae_hidden
 from study.sparsity import PRUNABLE
 
@@ -35,10 +36,22 @@ class BetaVAEConfig:
                               "per-layer pruning; Keras' example's 2 loses 17 points there "
                               "(docs/benchmarks.md)", low=1, high=1024)
     encoder_hidden: int = setting(0, "units of the encoder's dense layer; 0: paper-sized for the "
-                                  "input (16 on 28x28: 69k params, 700 on 32x32x3: 2.9M)", low=0)
+                                  "input (16 on grayscale: 69k params on 28x28; 700 on colour: "
+                                  "2.9M on 32x32x3)", low=0)
     lr: float = setting(1e-3, "Adam learning rate", low=1e-7, high=1.0)
     epochs: int = setting(30, "epochs of the full loss (KL + reconstruction + cross-entropy)", low=0)
     head_epochs: int = setting(2, "epochs of cross-entropy after the decoder is removed", low=0)
+    ce_reduction: str = setting("sum", "cross-entropy over a batch, beside the VAE terms averaged "
+                                "over it: sum (Eq. 2: its weight against them is the batch size) "
+                                "or mean (weight 1: the classifier barely trains while the VAE "
+                                "is whole, docs/benchmarks.md)", choices=("sum", "mean"))
+    recon_reduction: str = setting("sum", "reconstruction over an image's pixels: sum "
+                                   "(-log p(x|z) of Eq. 1, Bernoulli pixels) or mean (Keras' "
+                                   "binary_crossentropy default: 1/pixels of it)",
+                                   choices=("sum", "mean"))
+    ce_input: str = setting("sample", "what the head classifies while the VAE is whole: the "
+                            "sample z (Fig. 1) or the posterior mean (what inference uses)",
+                            choices=("sample", "mean"))
     sparsity: float = setting(0.5, "fraction of every conv/linear weight pruned, per layer "
                               "(0: no pruning)", low=0.0, high=0.999)
     prune_epochs: int = setting(2, "fine-tuning epochs with the masks held", low=0)
@@ -54,6 +67,41 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def active_units(mu: torch.Tensor, threshold: float) -> int:
     """Burda et al. (2016): dimension j is active when Var over the data of E[z_j|x] > threshold."""
     return int((mu.var(dim=0) > threshold).sum())
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def discrete_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """I(a; b) in nats of two integer-coded variables over the same samples (plug-in estimate)."""
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1)
+    return _entropy(joint.sum(axis=1)) + _entropy(joint.sum(axis=0)) - _entropy(joint.ravel())
+
+
+def mutual_information_gap(latents: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
+    """MIG (Chen et al. 2018, Eq. 6): over the factors v_k, the mean of
+    (I(z_j*; v_k) - I(z_j'; v_k)) / H(v_k), j* and j' the latents most and second most informative
+    about v_k. Latents (n x d, the posterior means) are discretized into `bins` equal-width bins
+    per dimension, as in disentanglement_lib; factors (n x K) are integer codes. Constant factors
+    carry no information and are left out. In [0, 1]: 1 when each factor is read off one latent."""
+    if latents.shape[1] < 2:
+        raise ValueError("MIG needs at least 2 latent dimensions")
+    codes = []
+    for z in latents.T:
+        edges = np.histogram_bin_edges(z, bins=bins)
+        codes.append(np.digitize(z, edges[1:-1]))
+    gaps = []
+    for v in factors.T:
+        v = np.unique(v, return_inverse=True)[1]
+        h = _entropy(np.bincount(v))
+        if h == 0:
+            continue
+        mi = np.sort([discrete_mutual_information(c, v) for c in codes])[::-1]
+        gaps.append((mi[0] - mi[1]) / h)
+    return float(np.mean(gaps)) if gaps else float("nan")
 
 
 def prune_per_layer(model: nn.Module, amount: float) -> None:
@@ -103,14 +151,7 @@ class BetaVAE:
         n = 0
         for x, y in batches:
             if full_loss:
-                mu, logvar = self.model.encode(x)
-                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparametrization trick
-                ce = F.cross_entropy(self.model.head(z), y)  # Eq. 2, classifier on the sample
-                recon = F.binary_cross_entropy_with_logits(  # -E[log p(x|z)] of Eq. 1, per image
-                    self.model.decoder(z), x, reduction="sum") / len(x)
-                kl = kl_per_dim(mu, logvar).sum(dim=1).mean()
-                loss = self.cfg.beta * kl + recon + ce  # Eq. 3
-                terms = {"loss": loss, "train/ce": ce, "train/recon": recon, "train/kl": kl}
+                terms = self.vae_loss(x, y)
             else:
                 ce = F.cross_entropy(self.inference_model()(x), y)
                 terms = {"loss": ce, "train/ce": ce}
@@ -122,6 +163,22 @@ class BetaVAE:
             n += len(x)
         return {k: v / max(n, 1) for k, v in sums.items()}
 
+    def vae_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eq. 3 on a batch: the Beta-VAE loss of Eq. 1 per image (averaged over the batch) plus
+        the cross-entropy of Eq. 2 (summed over the batch by default, see `ce_reduction`)."""
+        mu, logvar = self.model.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparametrization trick
+        ce = F.cross_entropy(self.model.head(z if self.cfg.ce_input == "sample" else mu), y,
+                             reduction=self.cfg.ce_reduction)  # Eq. 2
+        recon = F.binary_cross_entropy_with_logits(  # -log p(x|z) of Eq. 1, Bernoulli pixels
+            self.model.decoder(z), x, reduction="none").flatten(1)
+        recon = (recon.sum(dim=1) if self.cfg.recon_reduction == "sum" else recon.mean(dim=1)).mean()
+        kl = kl_per_dim(mu, logvar).sum(dim=1).mean()  # KL term of Eq. 1, per image
+        # train/ce is always the per-sample mean, whatever the loss's reduction, so runs compare
+        per_sample_ce = ce / len(x) if self.cfg.ce_reduction == "sum" else ce
+        return {"loss": self.cfg.beta * kl + recon + ce, "train/ce": per_sample_ce.detach(),
+                "train/recon": recon, "train/kl": kl}
+
     def finish(self) -> dict[str, float]:
         if self.cfg.sparsity > 0 and not self.pruned:  # prune_epochs = 0: prune, no fine-tuning
             self.model.remove_decoder()
@@ -132,10 +189,10 @@ class BetaVAE:
         return self.model.inference_model()
 
     @torch.no_grad()
-    def diagnostics(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
         self.model.eval()
         mus, logvars, recon = [], [], 0.0
-        for xb, _ in batches(x, y, 1024):
+        for xb, _ in batches(end.x, end.y, end.eval_batch_size):
             mu, logvar = self.model.encode(xb)
             mus.append(mu.float())
             if logvar is not None:
@@ -144,11 +201,20 @@ class BetaVAE:
                     self.model.decoder(mu), xb, reduction="sum"))
         mu = torch.cat(mus)
         out = {"vae/active_units": active_units(mu, self.cfg.active_threshold)}
-        if logvars:  # the posterior's variance exists only while the VAE is whole
-            kl = kl_per_dim(mu, torch.cat(logvars)).mean(dim=0)
-            out["vae/kl"] = float(kl.sum())
-            out["vae/recon"] = recon / len(mu)
-            out.update({f"vae/kl_per_dim/{j}": float(v) for j, v in enumerate(kl)})
+        if not logvars:  # the posterior's variance exists only while the VAE is whole
+            return out
+        kl = kl_per_dim(mu, torch.cat(logvars)).mean(dim=0)
+        out["vae/kl"] = float(kl.sum())
+        out["vae/recon"] = recon / len(mu)
+        out.update({f"vae/kl_per_dim/{j}": float(v) for j, v in enumerate(kl)})
+        if end.phase == "train" and end.phase_end:
+            # the VAE's own state, recorded once where it ends: the head phase retrains the
+            # encoder on cross-entropy alone and can hide a collapse (analysis.collapse reads these)
+            out.update({f"vae/end/{k[len('vae/'):]}": v for k, v in out.items()
+                        if k != "vae/recon"})
+            out["vae/end/val_accuracy"] = end.val_accuracy
+            if end.factors is not None:
+                out["vae/mig"] = mutual_information_gap(mu.cpu().numpy(), end.factors.cpu().numpy())
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ConfigError, setting
-from study.methods.base import Batches, DataInfo
+from study.methods.base import Batches, DataInfo, EpochEnd
 from study.models import MODELS, build_model
 
 # Elements of one chunk of the (samples x next neurons x neurons) ratio tensor: 2^24 floats = 64 MiB.
@@ -304,7 +304,7 @@ class Importance:
         return self.model
 
     @torch.no_grad()
-    def diagnostics(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
         widths = self.widths()
         out: dict[str, float] = {f"importance/neurons/{k}": v for k, v in widths.items()}
         out["importance/neurons_removed"] = 1 - sum(widths.values()) / sum(self.original.values())
@@ -314,7 +314,8 @@ class Importance:
         if self._unpruned is not None:  # the same evaluation as val_accuracy, before the removal
             from study.trainable import accuracy  # (the trainable imports the methods)
 
-            out["importance/val_accuracy_before_pruning"] = accuracy(self._unpruned, x, y, 1024)
+            out["importance/val_accuracy_before_pruning"] = accuracy(self._unpruned, end.x, end.y,
+                                                                        end.eval_batch_size)
             self._unpruned = None
         return out
 

@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize, prune
 
 from study.config import setting
 from study.data import batches
-from study.methods.base import Batches, DataInfo
+from study.methods.base import Batches, DataInfo, EpochEnd
 from study.models import build_model
 from study.sparsity import PRUNABLE
 
@@ -317,7 +317,8 @@ class Reparam:
         return self.plain
 
     @torch.no_grad()
-    def diagnostics(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
+        x, y = end.x, end.y
         before = _accuracy(self.model_before_pruning(), x, y)
         out = {"reparam/val_accuracy_before_pruning": before}
         if self.stage == "pruned":
