@@ -20,12 +20,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.pareto import OBJECTIVES, front, group_name
+from analysis.pareto import front, group_name
 from analysis.results import StudyError, load_results, study_info
+from study.metrics import FINAL, OBJECTIVES
 
 PICKS = ("knee", "max-accuracy", "min-size")
-PROVENANCE_METRICS = ("val_accuracy", "sparsity", "test_accuracy", "prunable_sparsity", "params",
-                      "nonzero_params", "compressed_bytes", "flops", "epoch")
 
 
 def knee_order(f: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +82,7 @@ def export(row: pd.Series, pick: str, out: Path) -> Path:
         "study": row["study"], "study_dir": row["study_dir"], "trial_id": row["trial_id"],
         "optuna_number": None if pd.isna(row["optuna_number"]) else int(row["optuna_number"]),
         "pick": pick, "threads": max(1, int(info.get("cpus_per_trial", 1))),
-        "metrics": {m: _plain(row[m]) for m in PROVENANCE_METRICS if m in row and pd.notna(row[m])}}}
+        "metrics": {m: _plain(row[m]) for m in (*FINAL, "epoch") if m in row and pd.notna(row[m])}}}
     path = out / f"{row['study']}-{row['trial_id']}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-OBJECTIVES = ("val_accuracy", "sparsity")
+from study import layout
+from study.metrics import OBJECTIVES
+
 GROUP = ("method", "dataset", "model")  # a front compares like with like: one of each at a time
 
 
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.studies[0]) / "analysis"
+    out = Path(args.out) if args.out else layout.analysis_dir(args.studies[0])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "pareto.csv", index=False)
     plot_png(df, table, out / "pareto.png", objectives)
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_wandb and not table.empty:
         first = Path(args.studies[0])
         mode = log_to_wandb(table, first, study_info(first))
-        print(f"W&B ({mode}): front logged to group {first.name!r} under {first / 'wandb'}")
+        print(f"W&B ({mode}): front logged to group {first.name!r} under {layout.wandb_dir(first)}")
     print(f"wrote {out / 'pareto.csv'}, {out / 'pareto.png'}, {out / 'pareto.html'}")
     return 0
 

@@ -8,11 +8,12 @@ interrupted). Trials still running or half-written are read as far as they go.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from study import layout
 
 STATUSES = ("complete", "diverged", "failed", "running")
 
@@ -22,35 +23,20 @@ class StudyError(ValueError):
 
 
 def study_info(study_dir: Path) -> dict[str, Any]:
-    path = Path(study_dir) / "study.json"
     if not Path(study_dir).is_dir():
         raise StudyError(f"study folder {study_dir} does not exist")
-    if not path.exists():
-        raise StudyError(f"{study_dir} is not a study folder (no study.json)")
-    return json.loads(path.read_text())
-
-
-def trial_history(trial_dir: Path) -> list[dict[str, Any]]:
-    """Every row a trial reported, in order (its result.json; a line being written is left out)."""
-    path = trial_dir / "result.json"
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
-                break
-    return rows
+    if not (Path(study_dir) / layout.STUDY_JSON).exists():
+        raise StudyError(f"{study_dir} is not a study folder (no {layout.STUDY_JSON})")
+    return layout.read_info(study_dir)
 
 
 def _optuna_trials(study_dir: Path) -> dict[str, Any]:
-    """Ray trial id -> Optuna FrozenTrial, from every study in the folder's optuna.db."""
-    db = study_dir / "optuna.db"
-    if not db.exists():
+    """Ray trial id -> Optuna FrozenTrial, from every study in the folder's Optuna storage."""
+    if not (study_dir / layout.OPTUNA_DB).exists():
         return {}
     import optuna
 
-    storage = f"sqlite:///{db.resolve()}"
+    storage = layout.storage_url(study_dir)
     out = {}
     for name in optuna.study.get_all_study_names(storage):
         for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
@@ -64,7 +50,7 @@ def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
         return "diverged"
     if "test_accuracy" in last:  # the final report: complete, even after an earlier error
         return "complete"
-    if (trial_dir / "error.txt").exists() or (
+    if layout.trial_errored(trial_dir) or (
             optuna_trial is not None and optuna_trial.state.name == "FAIL"):
         return "failed"
     return "running"
@@ -75,12 +61,11 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
     info = study_info(study_dir)
     optuna_trials = _optuna_trials(study_dir)
     rows = []
-    for trial_dir in sorted(study_dir.glob("trial_*")):
-        trial_id = trial_dir.name[len("trial_"):]
-        history = trial_history(trial_dir)
-        params = trial_dir / "params.json"
-        config = json.loads(params.read_text()) if params.exists() else (
-            history[-1].get("config", {}) if history else {})
+    for trial_id, trial_dir in layout.trial_dirs(study_dir):
+        history = layout.trial_history(trial_dir)
+        config = layout.trial_params(trial_dir)
+        if config is None:
+            config = history[-1].get("config", {}) if history else {}
         last: dict[str, Any] = {}
         for result in history:  # every metric at its last reported value
             last.update({k: v for k, v in result.items() if k != "config" and v is not None})

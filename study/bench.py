@@ -24,8 +24,9 @@ import torch
 from study.data import default_data_dir, load_dataset
 from study.methods import METHODS
 from study.methods.base import DataInfo
+from study.metrics import accuracy
 from study.spaces import parse_assignment
-from study.trainable import accuracy, load_state, parse_config, train
+from study.trainable import load_state, parse_config, train
 
 
 def _settings(pairs: list[str]) -> dict[str, Any]:
@@ -66,7 +67,7 @@ SCHEDULES = {
 def _row_config(row: str, seed: int, schedule: str) -> dict[str, Any]:
     variant, _, beta = row.partition("-")
     config = {"method": "beta_vae", "dataset": "mnist", "variant": variant, "seed": seed,
-              "sparsity": 0.5, "lr": 1e-3, "batch_size": 32, **SCHEDULES[schedule]}
+              "layer_sparsity": 0.5, "lr": 1e-3, "batch_size": 32, **SCHEDULES[schedule]}
     if beta:
         config["beta"] = float(beta)
     return config

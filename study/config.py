@@ -19,6 +19,16 @@ class ConfigError(ValueError):
     """A bad setting; the message is one line naming the key and the value."""
 
 
+# settings renamed so that no setting shares a name with a metric: old name -> new name
+RENAMED = {"sparsity": "layer_sparsity"}
+
+
+def check_not_renamed(key: str) -> None:
+    if key in RENAMED:
+        raise ConfigError(f"setting {key!r} is now {RENAMED[key]!r} ({key!r} is the metric "
+                          f"measured on the whole model)")
+
+
 def setting(default: Any, help: str, low: float | None = None, high: float | None = None,
             choices: tuple | None = None) -> Any:
     """A dataclass field with its help and admissible values (low <= value <= high, or in choices)."""

@@ -206,8 +206,8 @@ def dsprites_factor_codes(index: np.ndarray) -> np.ndarray:
 
 
 def render_dsprites(codes: np.ndarray) -> np.ndarray:
-    """64x64 binary images (uint8 0/1) of the given factor codes, drawn as dSprites draws them:
-    a square, an ellipse or a heart; scale 6 values in [0.5, 1]; orientation 40 values in
+    """64x64 binary images (uint8 0/1) of the given factor codes, in the manner of dSprites: a
+    square, an ellipse or a heart; scale 6 values in [0.5, 1]; orientation 40 values in
     [0, 2 pi); centre 32 values per axis across the image. A stand-in for the original file (which
     is used instead when present): same factors and grid, not the same pixels."""
     side = 64
@@ -244,8 +244,9 @@ def _group_rows(keys: np.ndarray):
 
 
 def load_dsprites(root: Path) -> Dataset:
-    """dSprites: a fixed-seed sample of DSPRITES_SIZE images of the factor grid, its first
-    DSPRITES_TEST the test split; labels are the shape (Dataset.with_label picks another factor).
+    """dSprites: a fixed-seed sample of DSPRITES_SIZE images of the factor grid, DSPRITES_TEST of
+    them (fixed seed) the test split and 10% of the rest the validation split; labels are the shape
+    (Dataset.with_label picks another factor).
     Read from the original file under the data root when present, else rendered (render_dsprites)
     and cached once in the cache folder."""
     index = np.sort(np.random.default_rng(SPLIT_SEED).choice(

@@ -8,7 +8,6 @@ repairs one such gap from what is on disk; none trusts what a method or Ray beli
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,17 @@ import optuna
 import pyarrow.fs
 import ray.cloudpickle as pickle
 from ray import tune
-from ray.train._internal.session import _TrainingResult
 
-from analysis.results import trial_history
-from study.search import OBJECTIVES
+from study import layout, ray_compat
+from study.metrics import OBJECTIVES
 from study.trainable import load_state
-
-_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d{6})")
 
 
 def set_total_samples(study_dir: Path, total: int) -> None:
     """Let a resumed study grow: Ray keeps the number of samples in its search-generator state."""
-    for path in study_dir.glob("search_gen_state-*.json"):
+    for path in layout.search_gen_states(study_dir):
         state = pickle.loads(path.read_bytes())
-        state["total_samples"], state["finished"] = total, False
+        ray_compat.set_total_samples(state, total)
         tmp = path.with_name(f"tmp-{path.name}")
         tmp.write_bytes(pickle.dumps(state))
         tmp.replace(path)
@@ -67,21 +63,15 @@ def repair_trial_checkpoint(trial, missing: str) -> str:
     fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
     found = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
     names = sorted((f.base_name for f in found
-                    if f.type == pyarrow.fs.FileType.Directory and _CHECKPOINT_DIR.fullmatch(f.base_name)),
+                    if f.type == pyarrow.fs.FileType.Directory and layout.CHECKPOINT.fullmatch(f.base_name)),
                    reverse=True)
     candidates = (tune.Checkpoint(f"{folder}/{name}", filesystem=fs) for name in names)
     chosen = next((c for c in candidates if _loads(c)), None)
-    manager = trial.run_metadata.checkpoint_manager
-    if chosen is None:
-        manager._checkpoint_results, manager._latest_checkpoint_result = [], None
-    else:
-        result = _TrainingResult(checkpoint=chosen,
-                                 metrics=_result_row(fs, folder, Path(chosen.path).name))
-        manager._checkpoint_results, manager._latest_checkpoint_result = [result], result
+    ray_compat.point_trial_at_checkpoint(
+        trial, chosen, _result_row(fs, folder, Path(chosen.path).name) if chosen else {})
     if names:  # the next checkpoint goes past every existing folder, never into one
-        trial.storage.current_checkpoint_index = int(_CHECKPOINT_DIR.fullmatch(names[0]).group(1))
-    trial.invalidate_json_state()
-    trial.run_metadata.invalidate_cache()
+        ray_compat.set_checkpoint_index(trial, int(layout.CHECKPOINT.fullmatch(names[0]).group(1)))
+    ray_compat.forget_cached_state(trial)
     return (f"trial {trial.trial_id}: its snapshot names {missing}, deleted after the last snapshot; "
             + (f"resuming from {Path(chosen.path).name}" if chosen else
                "no checkpoint loads, so it starts over"))
@@ -100,7 +90,7 @@ def _loads(checkpoint: tune.Checkpoint) -> bool:
 def _result_row(fs: pyarrow.fs.FileSystem, folder: str, checkpoint_name: str) -> dict[str, Any]:
     """The reported result saved with a checkpoint (Ray restores the trial's counters from it)."""
     try:
-        with fs.open_input_stream(f"{folder}/result.json") as f:
+        with fs.open_input_stream(f"{folder}/{layout.RESULT}") as f:
             lines = f.read().decode().splitlines()
     except FileNotFoundError:
         return {}
@@ -118,11 +108,10 @@ def reconcile_optuna(study_dir: Path, name: str) -> int:
     """Make the Optuna study agree with Ray's trials after a run: a trial Optuna still holds as
     RUNNING was orphaned by an interrupted driver (asked after Ray's last snapshot): it is told
     COMPLETE with its final metrics if its Ray trial finished, else FAIL. Returns how many."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=layout.optuna_storage(study_dir))
     fixed = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        rows = trial_history(study_dir / f"trial_{t.user_attrs.get('ray_trial_id')}")
+        rows = layout.trial_history(layout.trial_dir(study_dir, t.user_attrs.get("ray_trial_id")))
         final = rows[-1] if rows and "test_accuracy" in rows[-1] else {}
         if all(m in final for m in OBJECTIVES):
             study.tell(t.number, [final[m] for m in OBJECTIVES])

@@ -7,20 +7,19 @@ results), the Optuna study in `optuna.db` (SQLite, open it with optuna-dashboard
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from study import layout, ray_compat
 from study.config import ConfigError
 from study.data import DATASETS, DataError, Dataset, default_data_dir, load_dataset
 from study.methods import METHODS
+from study.metrics import OBJECTIVES, mode
 from study.spaces import StudySpace, load_space, parse_assignment
 
-OBJECTIVES = ["val_accuracy", "sparsity"]  # both maximized
-MODES = ["max", "max"]
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
@@ -91,44 +90,46 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
 
         def suggest(self, trial_id: str) -> dict | None:
             params = super().suggest(trial_id)
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            ray_compat.optuna_trial(self, trial_id).set_user_attr("ray_trial_id", trial_id)
             return params
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
-            if (trial_id in self._completed_trials and result and not error
+            completed, study = ray_compat.completed_trials(self), ray_compat.optuna_study(self)
+            if (trial_id in completed and result and not error
                     and all(m in result for m in OBJECTIVES)):
                 # a trial that errored (told FAIL) and then finished after --resume: its failed
                 # attempt stays FAIL, its finished one is recorded beside it, once
-                complete = self._ot_study.get_trials(deepcopy=False,
-                                                     states=(optuna.trial.TrialState.COMPLETE,))
+                complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if trial_id not in {t.user_attrs.get("ray_trial_id") for t in complete}:
-                    failed = self._ot_trials[trial_id]
-                    self._ot_study.add_trial(optuna.trial.create_trial(
+                    failed = ray_compat.optuna_trial(self, trial_id)
+                    study.add_trial(optuna.trial.create_trial(
                         params=failed.params, distributions=failed.distributions,
                         values=[result[m] for m in OBJECTIVES],
                         user_attrs={**failed.user_attrs, "resumed_after_failure_of": failed.number}))
                 return
-            if result and result.get("diverged") and trial_id not in self._completed_trials:
+            if result and result.get("diverged") and trial_id not in completed:
                 # a diverged trial ended early: pruned, so TPE learns to avoid its region
-                self._ot_trials[trial_id].set_user_attr("diverged", True)
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
+                trial = ray_compat.optuna_trial(self, trial_id)
+                trial.set_user_attr("diverged", True)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                completed.add(trial_id)
                 return
             super().on_trial_complete(trial_id, result, error)
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
-    searcher = LinkedOptunaSearch(space=space.search, metric=OBJECTIVES, mode=MODES,
+    storage = layout.optuna_storage(study_dir)
+    searcher = LinkedOptunaSearch(space=space.search, metric=list(OBJECTIVES),
+                                  mode=[mode(m) for m in OBJECTIVES],
                                   sampler=make_sampler(sampler, seed), storage=storage,
                                   study_name=name)
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr("fixed", space.fixed)
-    study.set_metric_names(OBJECTIVES)
+    study.set_metric_names(list(OBJECTIVES))
     return searcher
 
 
 def trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return layout.trial_dirname(trial.trial_id)
 
 
 def init_ray(address: str | None, env: dict[str, str]) -> None:
@@ -160,9 +161,8 @@ def summarize(study_dir: Path) -> str:
     cols = ["trial_id", *OBJECTIVES, "test_accuracy", *searched]
     parts = []
     for name, rows in table.groupby("front", sort=False):
-        names = {c: c[len("config/"):] for c in searched}
-        shown = rows[[c for c in cols if c in rows]].rename(columns={
-            c: n if n not in OBJECTIVES else f"{n} (setting)" for c, n in names.items()})
+        shown = rows[[c for c in cols if c in rows]].rename(
+            columns={c: c[len("config/"):] for c in searched})
         parts.append(f"Pareto front (val_accuracy, sparsity) of {name}: {len(rows)} of "
                      f"{trials[name]} finished trials\n"
                      + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -175,7 +175,7 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
     dataset_name = space.fixed["dataset"]
     name = args.name or f"{args.method}-{dataset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study_dir = Path(args.storage_dir).resolve() / name
-    if (study_dir / "study.json").exists() or (study_dir / "optuna.db").exists():
+    if layout.holds_study(study_dir):
         raise ConfigError(f"study folder {study_dir} already holds a study; choose another --name "
                           f"or continue it with --resume {name}")
     data_dir = Path(args.data_dir or default_data_dir()).resolve()
@@ -193,17 +193,17 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
             "sampler": args.sampler, "seed": args.seed, "num_samples": args.num_samples or 8,
             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "argv": sys.argv[1:]}
-    (study_dir / "study.json").write_text(json.dumps(info, indent=2))
+    layout.write_info(study_dir, info)
     return study_dir, {**info, "space": space}, data
 
 
 def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
     """Check an interrupted study can be resumed; nothing in it is modified here."""
     study_dir = Path(args.storage_dir).resolve() / args.resume
-    if not (study_dir / "study.json").exists() or not (study_dir / "tuner.pkl").exists():
+    if not layout.resumable(study_dir):
         raise ConfigError(f"{study_dir} is not a study folder that can be resumed "
-                          "(no study.json or tuner.pkl)")
-    info = json.loads((study_dir / "study.json").read_text())
+                          f"(no {layout.STUDY_JSON} or {layout.TUNER_STATE})")
+    info = layout.read_info(study_dir)
     if info["method"] != args.method:
         raise ConfigError(f"study {args.resume} ran method {info['method']!r}, not {args.method!r}")
     if args.num_samples is not None and args.num_samples < info["num_samples"]:
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
             if args.num_samples and args.num_samples > info["num_samples"]:
                 set_total_samples(study_dir, args.num_samples)
                 info["num_samples"] = args.num_samples
-                (study_dir / "study.json").write_text(json.dumps(info, indent=2))
+                layout.write_info(study_dir, info)
             tuner = tune.Tuner.restore(str(study_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
@@ -256,8 +256,8 @@ def run(args: argparse.Namespace) -> int:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
         if mode == "offline":
-            print(f"W&B is offline (no credentials): runs go to {study_dir / 'wandb'}; sync them "
-                  f"later with `wandb sync {study_dir / 'wandb'}/offline-run-*`", flush=True)
+            print(f"W&B is offline (no credentials): runs go to {layout.wandb_dir(study_dir)}; sync "
+                  f"them later with `wandb sync {layout.wandb_dir(study_dir)}/offline-run-*`", flush=True)
         results = tuner.fit()
         reconciled = reconcile_optuna(study_dir, name)
         print()
@@ -265,8 +265,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{len(results)} trials, {len(results.errors)} failed"
               + (f", {reconciled} Optuna trials reconciled with Ray's" if reconciled else "")
               + f". Study folder: {study_dir}")
-        print(f"Optuna storage: sqlite:///{study_dir / 'optuna.db'} (optuna-dashboard can open it)")
-        print(f"W&B ({mode}): runs in group {name!r} under {study_dir / 'wandb'}")
+        print(f"Optuna storage: {layout.storage_url(study_dir)} (optuna-dashboard can open it)")
+        print(f"W&B ({mode}): runs in group {name!r} under {layout.wandb_dir(study_dir)}")
     finally:
         ray.shutdown()
     return 0

@@ -57,6 +57,7 @@ def default_space_file(method: str) -> Path:
 def _setting_class(method: str, key: str):
     if key == "method":
         raise ConfigError("'method' is chosen on the command line, not in a search space")
+    cfgmod.check_not_renamed(key)
     if key in cfgmod.fields(TrialConfig):
         return TrialConfig
     method_cls = METHODS[method].Config

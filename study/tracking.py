@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from study import layout
+
 DEFAULT_PROJECT = "prunestudy"
 EPOCH_HOOK = "study.tracking.define_epoch_step"
 
@@ -44,30 +46,15 @@ def define_epoch_step(run: Any) -> None:
 
 
 def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str):
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+    from study import ray_compat
 
-    class FlushingLoggingActor(_WandbLoggingActor):
-        """Ray's logging actor, waiting for W&B to have written everything before it returns.
-
-        Ray kills a trial's logging actor (and with it wandb-core, its child) as soon as `run`
-        returns, which is right after `wandb.finish()`; wandb-core may still be flushing the run
-        then, and under load the run's file lost its last epochs. `wandb.teardown()` waits for
-        wandb-core to finish (its atexit hook would, but a killed actor runs none)."""
-
-        def run(self):
-            super().run()
-            self._wandb.teardown()
-
-    class FlushingWandbLoggerCallback(WandbLoggerCallback):
-        _logger_actor_cls = FlushingLoggingActor
-
-    return FlushingWandbLoggerCallback(
+    return ray_compat.wandb_logger_callback_class()(
         project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT), group=study_name,
         tags=[method, dataset], dir=str(study_dir.resolve()), job_type="trial")
 
 
 def offline_runs(study_dir: Path) -> list[Path]:
-    return sorted((Path(study_dir) / "wandb").glob("offline-run-*"))
+    return sorted(layout.wandb_dir(study_dir).glob("offline-run-*"))
 
 
 # --- reading offline runs: wandb's LevelDB-style log of protobuf `Record`s ---------------------

@@ -19,10 +19,8 @@ from typing import Any
 
 from study.config import ConfigError, read_yaml_mapping
 from study.data import DataError, default_data_dir, load_dataset
+from study.metrics import FINAL
 from study.spaces import parse_assignment
-
-SUMMARY = ("val_accuracy", "test_accuracy", "sparsity", "prunable_sparsity", "nonzero_params",
-           "compressed_bytes", "flops")
 
 
 def read_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -46,7 +44,7 @@ def _run_seed(config: dict[str, Any], data, out: Path) -> dict[str, Any]:
     metrics = train(config, data, keep_last)
     if metrics.get("diverged"):
         return {"seed": config["seed"], **metrics}
-    return {"seed": config["seed"], "state": str(state), **{m: metrics[m] for m in SUMMARY if m in metrics}}
+    return {"seed": config["seed"], "state": str(state), **{m: metrics[m] for m in FINAL if m in metrics}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     summary = {m: {"mean": statistics.fmean(r[m] for r in runs),
                    "std": statistics.stdev(r[m] for r in runs) if len(runs) > 1 else 0.0}
-               for m in SUMMARY if all(m in r for r in runs)}
+               for m in FINAL if all(m in r for r in runs)}
     for m, s in summary.items():
         print(f"{m}: {s['mean']:.6g} +- {s['std']:.3g} over {len(runs)} seed(s)")
     expected = provenance.get("metrics", {})
     if expected and args.seeds >= 1 and not args.set:
-        diffs = {m: runs[0][m] - expected[m] for m in SUMMARY if m in expected and m in runs[0]}
+        diffs = {m: runs[0][m] - expected[m] for m in FINAL if m in expected and m in runs[0]}
         print(f"against the exported trial (seed {trial.seed}): "
               + ", ".join(f"{m} {d:+.3g}" for m, d in diffs.items()))
     out.write_text(json.dumps({"config": config, "provenance": provenance, "runs": runs,

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from study import config as cfgmod
 from study.config import ConfigError, TrialConfig
 from study.data import Dataset, batches, load_dataset
 from study.methods import METHODS
 from study.methods.base import DataInfo, EpochEnd
+from study.metrics import accuracy
 from study.sparsity import DenseReference, size_metrics
 
 STATE_FILE = "state.pt"
@@ -57,6 +57,8 @@ def parse_config(config: dict[str, Any]) -> tuple[TrialConfig, Any]:
     method_cls = METHODS[method].Config
     known = set(cfgmod.fields(TrialConfig)) | set(cfgmod.fields(method_cls))
     unknown = sorted(set(config) - known)
+    for key in unknown:
+        cfgmod.check_not_renamed(key)
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r} for method {method}; known: "
                           f"{', '.join(sorted(known))}")
@@ -105,16 +107,6 @@ def _device(choice: str, gpus: float) -> torch.device:
     if choice == "cuda" or (choice == "auto" and gpus > 0 and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """Fraction of correctly classified samples (eval mode; a pure function of weights and data)."""
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(xb).argmax(dim=1) == yb).sum()) for xb, yb in batches(x, y, batch_size))
-    model.train(was_training)
-    return correct / max(len(y), 1)
 
 
 def _phase_at(schedule: list[tuple[str, int]], epoch: int) -> tuple[str, bool]:

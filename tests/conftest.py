@@ -47,7 +47,8 @@ def mnist(data_dir):
 def tiny_config(**overrides):
     """A beta_vae trial small enough for a unit test (seconds on a CPU)."""
     config = {"method": "beta_vae", "dataset": "mnist", "train_subset": 512, "batch_size": 64,
-              "epochs": 1, "head_epochs": 1, "prune_epochs": 1, "sparsity": 0.5, "seed": 0}
+              "epochs": 1, "head_epochs": 1, "prune_epochs": 1, "layer_sparsity": 0.5,
+              "seed": 0}
     config.update(overrides)
     return config
 

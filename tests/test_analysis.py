@@ -9,6 +9,7 @@ import yaml
 
 from analysis.collapse import collapse_by_beta, flag_collapse
 from analysis.pareto import fronts, hypervolume_2d, pareto_mask
+from study import layout
 from study.tracking import offline_runs, read_offline_run
 from tests.conftest import run_module
 
@@ -130,17 +131,18 @@ def test_the_search_summary_lists_finished_trials_only(tmp_path):
 
     study = tmp_path / "s"
     study.mkdir()
-    (study / "study.json").write_text(json.dumps({"method": "beta_vae", "dataset": "mnist"}))
+    layout.write_info(study, {"method": "beta_vae", "dataset": "mnist"})
     config = {"method": "beta_vae", "dataset": "mnist", "variant": "vae", "beta": 1.0}
     trials = {"done": [{"epoch": 1, "val_accuracy": 0.9, "sparsity": 0.5, "test_accuracy": 0.89}],
               # failed after an epoch whose intermediate metrics would dominate the finished trial
               "broken": [{"epoch": 1, "val_accuracy": 0.95, "sparsity": 0.6}],
               "nan": [{"epoch": 1, "diverged": 1, "loss": float("nan")}]}
     for name, rows in trials.items():
-        (study / f"trial_{name}").mkdir()
-        (study / f"trial_{name}" / "params.json").write_text(json.dumps({**config, "beta": len(name)}))
-        (study / f"trial_{name}" / "result.json").write_text("\n".join(json.dumps(r) for r in rows))
-    (study / "trial_broken" / "error.txt").write_text("RuntimeError")
+        trial = layout.trial_dir(study, name)
+        trial.mkdir()
+        (trial / layout.PARAMS).write_text(json.dumps({**config, "beta": len(name)}))
+        (trial / layout.RESULT).write_text("\n".join(json.dumps(r) for r in rows))
+    (layout.trial_dir(study, "broken") / layout.ERROR).write_text("RuntimeError")
     text = summarize(study)
     assert "1 complete" in text and "1 failed" in text and "1 diverged" in text
     assert "Pareto front (val_accuracy, sparsity) of beta_vae/mnist/vae: 1 of 1 finished trials" in text
@@ -209,7 +211,7 @@ def test_bad_analysis_input_is_a_one_line_error_and_exit_code_2(tiny_study, tmp_
                                                                 message):
     study_dir, _, _ = tiny_study
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "study.json").write_text("{}")
+    layout.write_info(tmp_path / "empty", {})
     (tmp_path / "notstudy").mkdir()
     paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "study": study_dir,
              "notstudy": tmp_path / "notstudy", "tmp": tmp_path}

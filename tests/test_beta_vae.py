@@ -85,7 +85,7 @@ def test_masks_hold_through_fine_tuning_and_a_checkpoint_round_trip(mnist):
 
 def test_cnn_variant_has_no_decoder_and_no_kl(mnist):
     reports = []
-    train(tiny_config(variant="cnn", sparsity=0.0), mnist, lambda m, d: reports.append(m))
+    train(tiny_config(variant="cnn", layer_sparsity=0.0), mnist, lambda m, d: reports.append(m))
     assert [m["phase"] for m in reports] == ["train", "head"]
     assert all("vae/kl" not in m and "train/kl" not in m for m in reports)
     assert reports[-1]["sparsity"] < 1e-3
@@ -146,7 +146,7 @@ def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recover
     from analysis.collapse import flag_collapse
 
     common = {"train_subset": 2000, "batch_size": 32, "epochs": 1, "head_epochs": 2, "prune_epochs": 0,
-              "sparsity": 0.0, "lr": 3e-3}
+              "layer_sparsity": 0.0, "lr": 3e-3}
     # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior (the case)
     collapsed = []
     train(tiny_config(**common, beta=20.0, ce_reduction="mean", recon_reduction="mean"), mnist,
@@ -194,7 +194,7 @@ def test_a_dsprites_trial_reports_mig_once_at_the_end_of_its_vae_phase(dsprites)
                     val_factors=dsprites.val_factors[:1000], test_x=dsprites.test_x[:1000],
                     test_y=dsprites.test_y[:1000], test_factors=dsprites.test_factors[:1000])
     reports = []
-    config = tiny_config(dataset="dsprites", epochs=2, head_epochs=1, prune_epochs=0, sparsity=0.0,
+    config = tiny_config(dataset="dsprites", epochs=2, head_epochs=1, prune_epochs=0, layer_sparsity=0.0,
                          latent_dim=6, train_subset=256, label_factor="scale")
     train(config, small, lambda m, d: reports.append(m))
     assert [m["epoch"] for m in reports if "vae/mig" in m] == [2]

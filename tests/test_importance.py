@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from study import layout
 from study.config import ConfigError
 from study.data import batches
 from study.methods.base import DataInfo
@@ -346,7 +347,7 @@ def test_a_two_trial_importance_study_through_the_cli(tmp_path, data_dir):
         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "imp"
-    study = optuna.load_study(study_name="imp", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name="imp", storage=layout.storage_url(study_dir))
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.values) == 2 and t.values[1] > 0 for t in trials)  # sparsity > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from study import layout
 from study.tracking import offline_runs
 from tests.conftest import ROOT, ray_pids, ray_tmpdir, run_module
 
@@ -24,18 +24,20 @@ TOTAL_EPOCHS = 4
 
 def _trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     """The study's Optuna trials; none while its storage or study is still being created."""
-    if not (study_dir / "optuna.db").exists():
+    if not (study_dir / layout.OPTUNA_DB).exists():
         return []
     try:
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}"
-                                 ).get_trials()
+        return optuna.load_study(study_name=name, storage=layout.storage_url(study_dir)).get_trials()
     except KeyError:  # the database exists, the study record not yet
         return []
 
 
 def _results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return layout.trial_history(trial_dir)
+
+
+def _trial_dirs(study_dir: Path) -> list[Path]:
+    return [d for _, d in layout.trial_dirs(study_dir)]
 
 
 def _epochs(trial_dir: Path) -> list[int]:
@@ -59,7 +61,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 def _kill_group(proc: subprocess.Popen, ray_dir: Path, study_dir: Path) -> float:
     """SIGKILL the driver's whole process group, then any Ray process it started that outlived it.
     Returns the seconds of work lost: since the last checkpointed result of a running trial."""
-    rows = [_results(d)[-1] for d in study_dir.glob("trial_*") if _results(d)]
+    rows = [_results(d)[-1] for d in _trial_dirs(study_dir) if _results(d)]
     last = [r["timestamp"] for r in rows if r["epoch"] < TOTAL_EPOCHS]
     os.killpg(proc.pid, signal.SIGKILL)
     lost = time.time() - max(last) if last else 0.0
@@ -85,20 +87,20 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
 
     def trial_done_and_next_checkpointed() -> bool:
         done = [t for t in _trials(study_dir, name) if t.state.name == "COMPLETE"]
-        started = [d for d in study_dir.glob("trial_*") if 0 < len(_epochs(d)) < TOTAL_EPOCHS]
+        started = [d for d in _trial_dirs(study_dir) if 0 < len(_epochs(d)) < TOTAL_EPOCHS]
         return bool(done) and bool(started)
 
     _wait(trial_done_and_next_checkpointed, 300, "a finished trial and a running one")
     lost = [_kill_group(proc, ray_dir, study_dir)]
-    finished_before = {d.name: _epochs(d) for d in study_dir.glob("trial_*")
+    finished_before = {d.name: _epochs(d) for d in _trial_dirs(study_dir)
                        if _epochs(d)[-1:] == [TOTAL_EPOCHS]}
     resume = ["study.search", "beta_vae", "--resume", name, "--storage-dir", str(tmp_path),
               "--data-dir", str(data_dir)]
     # second cycle: kill the resumed driver as soon as it has made progress, then resume again
     proc = subprocess.Popen([sys.executable, "-m", *resume], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress = sum(len(_epochs(d)) for d in study_dir.glob("trial_*"))
-    _wait(lambda: sum(len(_epochs(d)) for d in study_dir.glob("trial_*")) > progress, 300,
+    progress = sum(len(_epochs(d)) for d in _trial_dirs(study_dir))
+    _wait(lambda: sum(len(_epochs(d)) for d in _trial_dirs(study_dir)) > progress, 300,
           "the resumed study to make progress")
     lost.append(_kill_group(proc, ray_dir, study_dir))
     done = run_module(*resume, env={"RAY_TMPDIR": str(ray_dir)})
@@ -113,8 +115,8 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, da
     assert len(complete) == 3  # the number asked for, none lost
     assert not [t for t in trials if t.state.name == "RUNNING"]  # none left running forever
     assert len({t.user_attrs["ray_trial_id"] for t in complete}) == 3  # none told twice
-    ray_done = {d.name for d in study_dir.glob("trial_*") if _epochs(d)[-1:] == [TOTAL_EPOCHS]}
-    assert {f"trial_{t.user_attrs['ray_trial_id']}" for t in complete} <= ray_done
+    ray_done = {d.name for d in _trial_dirs(study_dir) if _epochs(d)[-1:] == [TOTAL_EPOCHS]}
+    assert {layout.trial_dirname(t.user_attrs["ray_trial_id"]) for t in complete} <= ray_done
     for trial, epochs in finished_before.items():  # a finished trial was never run again
         assert _epochs(study_dir / trial) == epochs
     for trial in ray_done:  # no trial ran twice from the start
@@ -129,10 +131,20 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, data_
                       "--num-samples", "1", "--data-dir", str(data_dir), *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists()  # it did raise
-    (trial_dir,) = (tmp_path / "retry").glob("trial_*")
+    (trial_dir,) = _trial_dirs(tmp_path / "retry")
     assert _epochs(trial_dir) == [1, 2, 3, 4]  # epochs 1-2 kept, 3 redone after the crash
     (trial,) = _trials(tmp_path / "retry", "retry")
     assert trial.state.name == "COMPLETE"
+
+    # a finished study grows: --resume with more samples runs only the new trials
+    grown = run_module("study.search", "beta_vae", "--resume", "retry", "--num-samples", "2",
+                       "--storage-dir", str(tmp_path), "--data-dir", str(data_dir))
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert layout.read_info(tmp_path / "retry")["num_samples"] == 2
+    assert [t.state.name for t in _trials(tmp_path / "retry", "retry")] == ["COMPLETE", "COMPLETE"]
+    dirs = _trial_dirs(tmp_path / "retry")
+    assert len(dirs) == 2 and trial_dir in dirs
+    assert all(_epochs(d) == [1, 2, 3, 4] for d in dirs)  # the finished trial not run again
 
 
 def test_resume_survives_a_snapshot_naming_a_deleted_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -151,7 +163,7 @@ def test_resume_survives_a_snapshot_naming_a_deleted_checkpoint(tmp_path, data_d
                        "--max-failures", "0", *storage, *FAST)
     assert first.returncode == 0, first.stderr[-3000:]
     study_dir = tmp_path / "window"
-    (trial_dir,) = study_dir.glob("trial_*")
+    (trial_dir,) = _trial_dirs(study_dir)
     assert _epochs(trial_dir) == [1, 2] and [t.state.name for t in _trials(study_dir, "window")] == ["FAIL"]
     named = trial_dir / "checkpoint_000001"
     named.rename(trial_dir / "checkpoint_000002")  # registered after the snapshot, the named one deleted
@@ -166,11 +178,10 @@ def test_resume_survives_a_snapshot_naming_a_deleted_checkpoint(tmp_path, data_d
         in resumed.stdout, resumed.stdout[-3000:]
     assert _epochs(trial_dir) == [1, 2, 3, 4]  # epochs 1-2 kept, nothing run twice
     # new checkpoints went past every existing folder (epochs 3, 4 -> 4, 5), the cut one untouched
-    assert sorted(p.name for p in trial_dir.glob("checkpoint_*")) == ["checkpoint_000003",
-                                                                      "checkpoint_000005"]
+    assert [p.name for p in layout.checkpoints(trial_dir)] == ["checkpoint_000003", "checkpoint_000005"]
     failed, complete = _trials(study_dir, "window")
     assert failed.state.name == "FAIL" and complete.state.name == "COMPLETE"
-    assert complete.user_attrs["ray_trial_id"] == trial_dir.name.removeprefix("trial_")
+    assert layout.trial_dirname(complete.user_attrs["ray_trial_id"]) == trial_dir.name
     assert complete.user_attrs["resumed_after_failure_of"] == failed.number
     assert complete.params == failed.params
     assert complete.values == [_results(trial_dir)[-1][m] for m in ("val_accuracy", "sparsity")]
@@ -225,10 +236,8 @@ def test_a_two_node_cluster_runs_trials_on_both_and_survives_losing_the_worker(t
 
         def nodes_seen() -> set[str]:
             seen = set()
-            for d in study_dir.glob("trial_*"):
-                for line in (d / "result.json").read_text().splitlines() if (
-                        d / "result.json").exists() else []:
-                    seen.add(json.loads(line)["node_id"])
+            for d in _trial_dirs(study_dir):
+                seen.update(row["node_id"] for row in layout.trial_history(d))
             return seen
 
         _wait(lambda: len(nodes_seen()) == 2, 300, "trials on both nodes")

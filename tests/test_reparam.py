@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+from study import layout
 from study.config import ConfigError
 from study.data import batches
 from study.methods.base import DataInfo
@@ -273,7 +274,7 @@ def test_a_two_trial_reparam_study(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "tiny"
 
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name="tiny", storage=layout.storage_url(study_dir))
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.values) == 2 for t in trials)

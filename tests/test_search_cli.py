@@ -4,6 +4,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from study import layout
 from study.tracking import offline_runs, read_offline_run
 from study.trainable import load_state
 from tests.conftest import run_module
@@ -20,12 +21,12 @@ def test_a_two_trial_beta_vae_study(tiny_study):
     assert str(study_dir) in proc.stdout and "wandb sync" in proc.stdout
 
     # Optuna: two complete trials, both objectives, each linked to its Ray trial
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name="tiny", storage=layout.storage_url(study_dir))
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.values) == 2 and 0 <= t.values[1] <= 1 for t in trials)
-    assert {"beta", "sparsity", "lr"} <= set(trials[0].params) and "latent_dim" not in trials[0].params
+    assert {"beta", "layer_sparsity", "lr"} <= set(trials[0].params) and "latent_dim" not in trials[0].params
     ray_ids = {t.user_attrs["ray_trial_id"] for t in trials}
 
     # W&B: one offline run per trial, grouped and tagged, holding every epoch's metrics
@@ -49,7 +50,7 @@ def test_a_two_trial_beta_vae_study(tiny_study):
 
     # Ray: each trial's last checkpoint holds the whole state at its last epoch
     for ray_id in ray_ids:
-        checkpoints = sorted((study_dir / f"trial_{ray_id}").glob("checkpoint_*"))
+        checkpoints = layout.checkpoints(layout.trial_dir(study_dir, ray_id))
         assert checkpoints, ray_id
         state = load_state(checkpoints[-1])
         assert state["epoch"] == 3 and state["method"]["pruned"]

@@ -15,7 +15,7 @@ def _space(tmp_path, text):
 
 def test_the_shipped_beta_vae_space_is_valid():
     space = load_space("beta_vae")
-    assert set(space.search) == {"beta", "sparsity", "latent_dim", "lr"}
+    assert set(space.search) == {"beta", "layer_sparsity", "latent_dim", "lr"}
     assert space.search["beta"] == od.FloatDistribution(1.0, 20.0, log=True)
     assert isinstance(space.search["latent_dim"], od.CategoricalDistribution)
 
@@ -40,7 +40,8 @@ def test_set_fixes_a_searched_setting_and_checks_it():
     ("search:\n  beta: {distribution: loguniform, low: 0, high: 1}\n", "needs low > 0"),
     ("search:\n  gamma: {distribution: uniform, low: 0, high: 1}\n", "unknown setting 'gamma'"),
     ("search:\n  beta: {distribution: uniform, low: 0, hi: 1}\n", "unknown field 'hi'"),
-    ("search:\n  sparsity: {distribution: uniform, low: 0, high: 2}\n", "'sparsity' must be in"),
+    ("search:\n  layer_sparsity: {distribution: uniform, low: 0, high: 2}\n", "'layer_sparsity' must be in"),
+    ("search:\n  sparsity: {distribution: uniform, low: 0, high: 1}\n", "'sparsity' is now 'layer_sparsity'"),
     ("search:\n  latent_dim: {distribution: categorical, choices: []}\n", "non-empty list"),
     ("search:\n  latent_dim: {distribution: int, low: 2.5, high: 8}\n", "'latent_dim' must be int"),
     ("search:\n  variant: {distribution: uniform, low: 0, high: 1}\n", "'variant' must be str"),

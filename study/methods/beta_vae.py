@@ -2,7 +2,7 @@
 
 Schedule (paper Section III): `epochs` with all three loss terms (Eq. 3); the decoder is removed
 and `head_epochs` train the inference model (encoder -> mean -> head) on cross-entropy; then, if
-`sparsity > 0`, every conv and linear weight of the inference model is pruned to `sparsity` by
+`layer_sparsity > 0`, every conv and linear weight of the inference model is pruned to it by
 magnitude *within its layer* (Keras' prune_low_magnitude with a constant schedule is per layer) and
 `prune_epochs` fine-tune it with the masks held. Each phase starts a fresh Adam, as recompiling a
 Keras model does. Variant `cnn` is the paper's CNN-Classif baseline: same encoder and head,
@@ -52,7 +52,7 @@ class BetaVAEConfig:
     ce_input: str = setting("sample", "what the head classifies while the VAE is whole: the "
                             "sample z (Fig. 1) or the posterior mean (what inference uses)",
                             choices=("sample", "mean"))
-    sparsity: float = setting(0.5, "fraction of every conv/linear weight pruned, per layer "
+    layer_sparsity: float = setting(0.5, "fraction of every conv/linear weight pruned, per layer "
                               "(0: no pruning)", low=0.0, high=0.999)
     prune_epochs: int = setting(2, "fine-tuning epochs with the masks held", low=0)
     active_threshold: float = setting(0.01, "a latent dim is active when Var_x(E[z|x]) exceeds this "
@@ -126,14 +126,14 @@ class BetaVAE:
         self.optimizer = self._new_optimizer()
 
     def schedule(self) -> list[tuple[str, int]]:
-        prune_epochs = self.cfg.prune_epochs if self.cfg.sparsity > 0 else 0
+        prune_epochs = self.cfg.prune_epochs if self.cfg.layer_sparsity > 0 else 0
         return [("train", self.cfg.epochs), ("head", self.cfg.head_epochs), ("prune", prune_epochs)]
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
 
     def _prune(self) -> None:
-        prune_per_layer(self.inference_model(), self.cfg.sparsity)
+        prune_per_layer(self.inference_model(), self.cfg.layer_sparsity)
         self.pruned = True
 
     def begin_phase(self, phase: str) -> None:
@@ -180,7 +180,7 @@ class BetaVAE:
                 "train/recon": recon, "train/kl": kl}
 
     def finish(self) -> dict[str, float]:
-        if self.cfg.sparsity > 0 and not self.pruned:  # prune_epochs = 0: prune, no fine-tuning
+        if self.cfg.layer_sparsity > 0 and not self.pruned:  # prune_epochs = 0: prune, no fine-tuning
             self.model.remove_decoder()
             self._prune()
         return {}

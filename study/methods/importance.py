@@ -39,6 +39,7 @@ from torch import nn
 
 from study.config import ConfigError, setting
 from study.methods.base import Batches, DataInfo, EpochEnd
+from study.metrics import accuracy
 from study.models import MODELS, build_model
 
 # Elements of one chunk of the (samples x next neurons x neurons) ratio tensor: 2^24 floats = 64 MiB.
@@ -312,8 +313,6 @@ class Importance:
         out["importance/just_pruned"] = float(self._just_pruned)
         out["importance/recovered"] = float(self._since_removal == self.cfg.recovery_epochs)
         if self._unpruned is not None:  # the same evaluation as val_accuracy, before the removal
-            from study.trainable import accuracy  # (the trainable imports the methods)
-
             out["importance/val_accuracy_before_pruning"] = accuracy(self._unpruned, end.x, end.y,
                                                                         end.eval_batch_size)
             self._unpruned = None

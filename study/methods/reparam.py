@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from study.config import setting
-from study.data import batches
 from study.methods.base import Batches, DataInfo, EpochEnd
+from study.metrics import accuracy
 from study.models import build_model
 from study.sparsity import PRUNABLE
 
@@ -181,15 +181,6 @@ def effective_pruning(model: nn.Module, rate: float) -> float:
     return prune_globally(model, rate)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(xb).argmax(dim=1) == yb).sum()) for xb, yb in batches(x, y, 1024))
-    model.train(was_training)
-    return correct / max(len(y), 1)
-
-
 class Reparam:
     """Stages: `train` (reparametrized for `reparam`, plain otherwise), `finetune` (mag_ft: plain
     weights under torch.nn.utils.prune masks), `pruned` (after finish(): a plain network)."""
@@ -318,15 +309,15 @@ class Reparam:
 
     @torch.no_grad()
     def diagnostics(self, end: EpochEnd) -> dict[str, float]:
-        x, y = end.x, end.y
-        before = _accuracy(self.model_before_pruning(), x, y)
+        x, y, batch = end.x, end.y, end.eval_batch_size
+        before = accuracy(self.model_before_pruning(), x, y, batch)
         out = {"reparam/val_accuracy_before_pruning": before}
         if self.stage == "pruned":
             return out
         if self.cfg.variant == "reparam":
             out.update(self._reparam_metrics())
         # plateau and early stopping follow the network being trained (paper: test accuracy)
-        signal = before if self.stage == "train" else _accuracy(self.model, x, y)
+        signal = before if self.stage == "train" else accuracy(self.model, x, y, batch)
         self.scheduler.step(signal)
         if signal > self.best:
             self.best, self.bad_epochs = signal, 0

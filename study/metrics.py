@@ -1,0 +1,66 @@
+"""The metric vocabulary: one name, direction and meaning per metric, for Ray, Optuna, W&B and
+analysis (as lm-evaluation-harness's registry declares `higher_is_better` beside each metric);
+and the one pure `accuracy`.
+
+Method diagnostics live under their method's prefix (`vae/`, `reparam/`, `importance/`) and are
+described in the README; the names here are the ones every trial reports.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from study.data import batches
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool | None  # None: not a quality (a count, a time, a label)
+    help: str
+
+
+VOCABULARY = {m.name: m for m in (
+    Metric("epoch", None, "epochs done (1-based)"),
+    Metric("phase", None, "the method's phase of this epoch"),
+    Metric("loss", False, "mean training loss of the epoch (the method's total)"),
+    Metric("val_accuracy", True, "accuracy on the fixed 10% validation split"),
+    Metric("test_accuracy", True, "accuracy on the test split, once at the end; never optimized"),
+    Metric("sparsity", True, "1 - nonzero parameters / parameters of the dense architecture"),
+    Metric("prunable_sparsity", True, "the same over conv and linear weights only"),
+    Metric("params", False, "parameters of the inference model"),
+    Metric("nonzero_params", False, "its nonzero parameters"),
+    Metric("compressed_bytes", False, "gzip of its saved weights"),
+    Metric("flops", False, "2 x multiply-accumulates of nonzero weights per sample"),
+    Metric("dense_flops", None, "the same for the dense architecture"),
+    Metric("num_classes", None, "classes of the trial's labels (chance accuracy is 1 / it)"),
+    Metric("epoch_seconds", None, "training seconds of the epoch (evaluation excluded)"),
+    Metric("checkpoint_seconds", None, "seconds to save and report the previous epoch"),
+    Metric("diverged", None, "1 when the loss became NaN or infinite (the trial ended)"),
+)}
+
+# what the search optimizes, both maximized: (accuracy, sparsity) fronts everywhere
+OBJECTIVES = ("val_accuracy", "sparsity")
+# a finished trial's headline figures: retraining summaries, export provenance
+FINAL = ("val_accuracy", "test_accuracy", "sparsity", "prunable_sparsity", "params", "nonzero_params",
+         "compressed_bytes", "flops")
+
+
+def mode(name: str) -> str:
+    """Ray/Optuna's direction of a metric: 'max' or 'min'."""
+    better = VOCABULARY[name].higher_is_better
+    if better is None:
+        raise ValueError(f"metric {name!r} has no direction: it cannot be optimized")
+    return "max" if better else "min"
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Fraction of correctly classified samples (eval mode; a pure function of weights and data)."""
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(xb).argmax(dim=1) == yb).sum()) for xb, yb in batches(x, y, batch_size))
+    model.train(was_training)
+    return correct / max(len(y), 1)
