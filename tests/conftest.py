@@ -91,6 +91,17 @@ def run_module(module: str, *args: str, timeout: float = 600,
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def run_main(module: str, *args: str) -> int:
+    """`module.main(args)` in this process (its exit code; argparse's exits included): for
+    commands that fail before they start anything, a subprocess only adds seconds."""
+    import importlib
+
+    try:
+        return importlib.import_module(module).main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory, data_dir):
     """A real 2-trial beta_vae study through the CLI, shared by the tests that read one."""

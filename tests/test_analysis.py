@@ -11,7 +11,7 @@ from analysis.collapse import collapse_by_beta, flag_collapse
 from analysis.pareto import fronts, hypervolume_2d, pareto_mask
 from study import layout
 from study.tracking import offline_runs, read_offline_run
-from tests.conftest import run_module
+from tests.conftest import run_main, run_module
 
 
 def test_pareto_mask_handles_ties_duplicates_single_points_and_nans():
@@ -208,13 +208,14 @@ def test_export_then_retrain_reproduces_the_trial(tiny_study, tmp_path, data_dir
     ("study.train", ["{tmp}/absent.yaml"], "cannot read config"),
 ])
 def test_bad_analysis_input_is_a_one_line_error_and_exit_code_2(tiny_study, tmp_path, module, args,
-                                                                message):
+                                                                message, capsys):
     study_dir, _, _ = tiny_study
     (tmp_path / "empty").mkdir()
     layout.write_info(tmp_path / "empty", {})
     (tmp_path / "notstudy").mkdir()
     paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "study": study_dir,
              "notstudy": tmp_path / "notstudy", "tmp": tmp_path}
-    proc = run_module(module, *[a.format(**paths) for a in args], timeout=120)
-    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    code = run_main(module, *[a.format(**paths) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 2, out[-1000:] + err[-1000:]
+    assert message in err and len(err.strip().splitlines()) == 1

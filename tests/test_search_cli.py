@@ -7,7 +7,7 @@ import pytest
 from study import layout
 from study.tracking import offline_runs, read_offline_run
 from study.trainable import load_state
-from tests.conftest import run_module
+from tests.conftest import run_main, run_module
 
 
 def _search(*args, data_dir, timeout=600):
@@ -63,14 +63,15 @@ def test_a_two_trial_beta_vae_study(tiny_study):
     (["beta_vae", "--set", "nonsense"], "--set expects key=value"),
     (["beta_vae", "--dataset", "svhn"], "unknown dataset 'svhn'"),
 ])
-def test_bad_input_is_a_one_line_error_and_exit_code_2(tmp_path, data_dir, args, message):
-    proc = _search(*args, "--storage-dir", str(tmp_path), data_dir=data_dir, timeout=120)
-    assert proc.returncode == 2
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_bad_input_is_a_one_line_error_and_exit_code_2(tmp_path, data_dir, args, message, capsys):
+    assert run_main("study.search", *args, "--storage-dir", str(tmp_path), "--data-dir", str(data_dir)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_missing_data_offline_names_the_path(tmp_path):
+    """The one check through a real process: `python -m study.search` exits with code 2."""
     proc = _search("beta_vae", "--storage-dir", str(tmp_path / "runs"), data_dir=tmp_path / "nodata")
     assert proc.returncode == 2
     assert str(tmp_path / "nodata" / "MNIST") in proc.stderr
