@@ -24,7 +24,7 @@ from study import config as cfgmod
 from study.config import ConfigError, TrialConfig
 from study.data import Dataset, batches, load_dataset
 from study.methods import METHODS
-from study.methods.base import DataInfo, EpochEnd
+from study.methods.base import Batches, DataInfo, EpochEnd, Method
 from study.metrics import accuracy
 from study.sparsity import DenseReference, size_metrics
 
@@ -119,6 +119,26 @@ def _phase_at(schedule: list[tuple[str, int]], epoch: int) -> tuple[str, bool]:
     raise IndexError(epoch)
 
 
+def train_epoch(method: Method, phase: str, first: bool, batches: Batches) -> dict[str, float]:
+    """One training pass of `method` over `batches`: its loss terms per batch, one optimizer step
+    each, and every term averaged over the samples (summed on the device: no host sync per batch).
+    Nothing is trained, and no batch drawn, when the method's `begin_epoch` says so."""
+    if not method.begin_epoch(phase, first):
+        return {}
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    for x, y in batches:
+        terms = method.loss_terms(phase, x, y)
+        method.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        method.optimizer.step()
+        for k, v in terms.items():
+            v = v.detach().double() * len(x)
+            sums[k] = sums[k] + v if k in sums else v
+        n += len(x)
+    return {k: float(v) / max(n, 1) for k, v in sums.items()}
+
+
 def train(config: dict[str, Any], data: Dataset | None, report: Report,
           resume: dict[str, Any] | None = None, data_dir: str | None = None) -> dict[str, Any]:
     """Run one trial: every epoch trains, evaluates, counts, checkpoints and reports; the last
@@ -154,12 +174,12 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
         return resume["metrics"]
     for epoch in range(start, total):
         phase, first = _phase_at(schedule, epoch)
-        if first:
-            method.begin_phase(phase)
+        last = epoch == total - 1
         t0 = time.perf_counter()
         with autocast:
-            terms = method.train_epoch(phase, batches(data.train_x, data.train_y, trial.batch_size,
-                                                      batch_rng))
+            terms = train_epoch(method, phase, first, batches(data.train_x, data.train_y,
+                                                              trial.batch_size, batch_rng))
+            terms.update(method.end_pass(phase, last, dict(terms)))
         seconds = time.perf_counter() - t0
         _inject_fault(epoch + 1, terms)
         if not math.isfinite(terms["loss"]):
@@ -168,17 +188,14 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             metrics = {"epoch": epoch + 1, "phase": phase, "diverged": 1, "loss": terms["loss"]}
             report(metrics, None)
             return metrics
-        last = epoch == total - 1
         with autocast:
-            extra = method.finish() if last else {}
             model = method.inference_model()
             val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
             end = EpochEnd(phase, last or _phase_at(schedule, epoch + 1)[1], val_accuracy,
                            data.val_x, data.val_y, data.val_factors, trial.eval_batch_size)
             metrics = {"epoch": epoch + 1, "phase": phase, "epoch_seconds": seconds, **terms,
                        "val_accuracy": val_accuracy, "num_classes": data.num_classes,
-                       **size_metrics(model, dense, data.input_shape),
-                       **method.diagnostics(end), **extra}
+                       **size_metrics(model, dense, data.input_shape), **method.end_epoch(end)}
             if checkpoint_seconds is not None:
                 metrics["checkpoint_seconds"] = checkpoint_seconds
             if last:  # measured once, at the end; only reported, never optimized

@@ -9,7 +9,7 @@ from study.methods.base import DataInfo
 from study.methods.beta_vae import BetaVAE, BetaVAEConfig, active_units, kl_per_dim, prune_per_layer
 from study.models import BetaVAEClassifier
 from study.sparsity import PRUNABLE, prunable_weights
-from study.trainable import load_state, train
+from study.trainable import load_state, train, train_epoch
 from tests.conftest import tiny_config
 
 
@@ -77,8 +77,8 @@ def test_masks_hold_through_fine_tuning_and_a_checkpoint_round_trip(mnist):
     # and keep training it: zeros stay zeros
     from study.data import batches
 
-    method.train_epoch("prune", batches(mnist.train_x[:256], mnist.train_y[:256], 64,
-                                        torch.Generator().manual_seed(0)))
+    train_epoch(method, "prune", False, batches(mnist.train_x[:256], mnist.train_y[:256], 64,
+                                                torch.Generator().manual_seed(0)))
     assert all(abs(float((w == 0).float().mean()) - 0.5) < 0.01
                for w in prunable_weights(method.inference_model()).values())
 

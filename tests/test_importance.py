@@ -27,7 +27,7 @@ from study.methods.importance import (
 from study.models import build_model
 from study.sparsity import DenseReference, size_metrics
 from study.tracking import offline_runs, read_offline_run
-from study.trainable import parse_config
+from study.trainable import parse_config, train_epoch
 from tests.conftest import ROOT, assert_same_metrics, run_recorded
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
@@ -228,7 +228,7 @@ def test_the_optimizer_state_of_surviving_parameters_is_carried_sliced(mnist, op
     torch.manual_seed(0)
     method = Importance(ImportanceConfig(optimizer=optimizer, prune_fraction=0.5, target_fraction=0.5),
                         MNIST_INFO, CPU)
-    method.train_epoch("warmup", batches(mnist.train_x[:256], mnist.train_y[:256], 64))
+    train_epoch(method, "warmup", True, batches(mnist.train_x[:256], mnist.train_y[:256], 64))
     old = {name: {k: v.clone() for k, v in method.optimizer.state[p].items()}
            for name, p in method.model.named_parameters()}
     s0, s2 = torch.rand(50), torch.rand(30)
@@ -285,8 +285,8 @@ def test_checkpoint_round_trip_across_a_removal_restores_shapes_weights_and_opti
     torch.manual_seed(0)
     config = ImportanceConfig(prune_fraction=0.3, target_fraction=0.5)
     method = Importance(config, MNIST_INFO, CPU)
-    method.begin_phase("round1")
-    method.train_epoch("round1", batches(mnist.train_x[:256], mnist.train_y[:256], 64))
+    train_epoch(method, "round1", True, batches(mnist.train_x[:256], mnist.train_y[:256], 64))
+    method.end_pass("round1", False, {})  # the round's removal
     assert method.widths() == {"head.0": 35, "head.2": 21}
     buf = io.BytesIO()
     torch.save(method.state_dict(), buf)
@@ -298,7 +298,8 @@ def test_checkpoint_round_trip_across_a_removal_restores_shapes_weights_and_opti
     assert torch.equal(restored.model(x), method.model(x))
     # the same next epoch from both gives the same weights: the optimizer state came back too
     for m in (method, restored):
-        m.train_epoch("round1", batches(mnist.train_x[256:512], mnist.train_y[256:512], 64))
+        train_epoch(m, "round1", False, batches(mnist.train_x[256:512], mnist.train_y[256:512], 64))
+        m.end_pass("round1", False, {})
     for (name, a), b in zip(method.model.state_dict().items(), restored.model.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name

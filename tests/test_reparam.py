@@ -28,7 +28,7 @@ from study.methods.reparam import (
 from study.models import build_model
 from study.sparsity import prunable_weights
 from study.tracking import offline_runs, read_offline_run
-from study.trainable import parse_config
+from study.trainable import parse_config, train_epoch
 from tests.conftest import assert_same_metrics, ray_pids, ray_tmpdir, run_module, run_recorded
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
@@ -160,8 +160,8 @@ def test_effective_pruning_hits_the_rate_exactly_and_keeps_every_other_apparent_
 def test_the_pruned_model_is_a_plain_network_that_exports_and_reloads_with_its_zeros(mnist):
     method = Reparam(ReparamConfig(model="lenet300", pruning_rate=0.95), MNIST_INFO,
                      torch.device("cpu"))
-    method.train_epoch("train", batches(mnist.train_x[:256], mnist.train_y[:256], 64,
-                                        torch.Generator().manual_seed(0)))
+    train_epoch(method, "train", True, batches(mnist.train_x[:256], mnist.train_y[:256], 64,
+                                               torch.Generator().manual_seed(0)))
     method.finish()
     model = method.inference_model()
     assert not any(parametrize.is_parametrized(m) for m in model.modules())

@@ -22,43 +22,55 @@ class DataInfo:
 
 @dataclass(frozen=True)
 class EpochEnd:
-    """What the trainable measured at the end of an epoch, handed to `Method.diagnostics`."""
+    """What the trainable measured at the end of an epoch, handed to `Method.end_epoch`."""
     phase: str
     phase_end: bool  # the last epoch of its phase (e.g. beta_vae's VAE state is diagnosed there)
     val_accuracy: float  # of inference_model() on the validation split, as reported
     x: torch.Tensor  # validation images (uint8) and labels, on the trial's device
     y: torch.Tensor
     factors: torch.Tensor | None  # the validation images' ground-truth factors (dsprites), else None
-    eval_batch_size: int  # samples per evaluation batch (no effect on results)
+    eval_batch_size: int  # samples per evaluation batch (the trial's setting; no effect on results)
 
 
 class Method(Protocol):
-    """One pruning method: owns its model(s), optimizer, loss and phase schedule.
+    """One pruning method: owns its model(s), optimizer, loss terms and phase schedule; the
+    trainable (study.trainable) owns the loop, the optimizer step and the averaging of loss terms.
 
-    The trainable calls, in order: `schedule()` once; for each epoch `begin_phase(p)` at the first
-    epoch of phase p, `train_epoch(p, batches)`; after the last epoch `finish()`; and, every
-    epoch, `inference_model()` (evaluated and counted) and `diagnostics(EpochEnd)`.
+    Per epoch of `schedule()`, the trainable calls:
+      begin_epoch(phase, first)      False: the epoch does not train (no batch is drawn)
+      loss_terms(phase, x, y)        per batch; then optimizer.zero_grad / backward / step
+      end_pass(phase, last, terms)   after the training pass (terms: its averaged loss terms,
+                                     empty when it did not train), before evaluation; `last`:
+                                     the trial's last epoch (work after training, e.g. pruning)
+      inference_model()              evaluated and counted by the trainable
+      end_epoch(EpochEnd)            the measured validation accuracy in; schedulers and early
+                                     stopping move here; returns the method's metrics
     `state_dict`/`load_state_dict` cover everything needed to continue after any epoch.
     """
     Config: type  # a dataclass of settings (study.config.setting), defaults from the paper
+    optimizer: torch.optim.Optimizer  # what the trainable steps; a method may replace it
 
     def __init__(self, config: Any, data: DataInfo, device: torch.device) -> None: ...
 
     def schedule(self) -> list[tuple[str, int]]:
         """Phases in order, with their number of epochs."""
 
-    def begin_phase(self, phase: str) -> None: ...
+    def begin_epoch(self, phase: str, first: bool) -> bool:
+        """Before an epoch's training pass (`first`: the phase's first epoch); False skips it."""
 
-    def train_epoch(self, phase: str, batches: Batches) -> dict[str, float]:
-        """One pass over `batches`; returns mean loss terms, `loss` (the total) among them."""
+    def loss_terms(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of one batch, `loss` (the total, minimized) and any terms to report beside it
+        (each a per-sample mean; the trainable averages them over the epoch's samples)."""
 
-    def finish(self) -> dict[str, float]:
-        """Work after the last epoch (e.g. effective pruning); returns diagnostics of it."""
+    def end_pass(self, phase: str, last: bool, terms: dict[str, float]) -> dict[str, float]:
+        """After the epoch's training pass, before evaluation; returns metrics to report beside
+        `terms` (a `loss` among them when the epoch did not train)."""
 
     def inference_model(self) -> nn.Module: ...
 
-    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
-        """Method metrics on the validation split, under its prefix."""
+    def end_epoch(self, end: EpochEnd) -> dict[str, float]:
+        """After evaluation: the method's metrics (under its prefix) and any state that follows
+        the validation accuracy (learning-rate schedules, early stopping)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

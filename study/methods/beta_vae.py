@@ -21,7 +21,7 @@ from torch.nn.utils import prune
 
 from study.config import setting
 from study.data import batches
-from study.methods.base import Batches, DataInfo, EpochEnd
+from study.methods.base import DataInfo, EpochEnd
 from study.models import BetaVAEClassifier, beta_vae_hidden
 from study.sparsity import PRUNABLE
 
@@ -136,32 +136,22 @@ class BetaVAE:
         prune_per_layer(self.inference_model(), self.cfg.layer_sparsity)
         self.pruned = True
 
-    def begin_phase(self, phase: str) -> None:
-        if phase == "head":
+    def begin_epoch(self, phase: str, first: bool) -> bool:
+        if first and phase == "head":
             self.model.remove_decoder()
-        elif phase == "prune":
+        elif first and phase == "prune":
             self.model.remove_decoder()  # also when head_epochs = 0
             self._prune()
-        self.optimizer = self._new_optimizer()
-
-    def train_epoch(self, phase: str, batches: Batches) -> dict[str, float]:
-        full_loss = phase == "train" and self.model.decoder is not None
+        if first:
+            self.optimizer = self._new_optimizer()
         self.model.train()
-        sums: dict[str, float] = {}
-        n = 0
-        for x, y in batches:
-            if full_loss:
-                terms = self.vae_loss(x, y)
-            else:
-                ce = F.cross_entropy(self.inference_model()(x), y)
-                terms = {"loss": ce, "train/ce": ce}
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            self.optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
-            n += len(x)
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return True
+
+    def loss_terms(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if phase == "train" and self.model.decoder is not None:
+            return self.vae_loss(x, y)
+        ce = F.cross_entropy(self.inference_model()(x), y)
+        return {"loss": ce, "train/ce": ce}
 
     def vae_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eq. 3 on a batch: the Beta-VAE loss of Eq. 1 per image (averaged over the batch) plus
@@ -179,9 +169,9 @@ class BetaVAE:
         return {"loss": self.cfg.beta * kl + recon + ce, "train/ce": per_sample_ce.detach(),
                 "train/recon": recon, "train/kl": kl}
 
-    def finish(self) -> dict[str, float]:
-        if self.cfg.layer_sparsity > 0 and not self.pruned:  # prune_epochs = 0: prune, no fine-tuning
-            self.model.remove_decoder()
+    def end_pass(self, phase: str, last: bool, terms: dict[str, float]) -> dict[str, float]:
+        if last and self.cfg.layer_sparsity > 0 and not self.pruned:  # prune_epochs = 0: prune,
+            self.model.remove_decoder()  # no fine-tuning
             self._prune()
         return {}
 
@@ -189,7 +179,7 @@ class BetaVAE:
         return self.model.inference_model()
 
     @torch.no_grad()
-    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
+    def end_epoch(self, end: EpochEnd) -> dict[str, float]:
         self.model.eval()
         mus, logvars, recon = [], [], 0.0
         for xb, _ in batches(end.x, end.y, end.eval_batch_size):

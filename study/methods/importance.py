@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ConfigError, setting
-from study.methods.base import Batches, DataInfo, EpochEnd
+from study.methods.base import DataInfo, EpochEnd
 from study.metrics import accuracy
 from study.models import MODELS, build_model
 
@@ -230,7 +230,9 @@ class Importance:
         self.rounds = max(len(widths) - 1 for widths in self.plan.values())  # until all hit keep
         self.rounds_done = 0
         self.optimizer = self._new_optimizer()
-        self._pending_round = 0  # set by begin_phase: this epoch measures, then removes
+        self._round = 0  # set by begin_epoch on a round's first epoch: it measures, then removes
+        self._measuring = ExitStack()  # the measuring hooks, while such an epoch trains
+        self._meters: dict[str, ContributionMeter] = {}
         self._just_pruned = False
         self._since_removal = -1  # training epochs since the last removal (-1: none yet)
         self._unpruned: nn.Module | None = None  # the model just before this epoch's removal
@@ -247,28 +249,26 @@ class Importance:
     def widths(self) -> dict[str, int]:
         return {name: self.model.head[i].out_features for name, i, _ in prunable_layers(self.model.head)}
 
-    def begin_phase(self, phase: str) -> None:
-        if phase.startswith("round"):
-            self._pending_round = int(phase[len("round"):])
-
-    def train_epoch(self, phase: str, batches: Batches) -> dict[str, float]:
+    def begin_epoch(self, phase: str, first: bool) -> bool:
+        """A round's first epoch measures every sample's contributions while it trains."""
         self._just_pruned, self._unpruned = False, None
-        rnd, self._pending_round = self._pending_round, 0
-        measure = rnd > 0 and self.cfg.variant == "rank"
+        self._round = int(phase[len("round"):]) if first and phase.startswith("round") else 0
+        if self._round and self.cfg.variant == "rank":
+            self._meters = self._measuring.enter_context(measuring(self.model.head, self.cfg.eps))
         self.model.train()
-        total, n = 0.0, 0
-        with measuring(self.model.head, self.cfg.eps) if measure else nullcontext({}) as meters:
-            for x, y in batches:
-                loss = F.cross_entropy(self.model(x), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach()) * len(x)
-                n += len(x)
-        if rnd > 0:
-            self._remove(rnd, meters)
-        self._since_removal = 0 if rnd > 0 else self._since_removal + (self._since_removal >= 0)
-        return {"loss": total / max(n, 1)}
+        return True
+
+    def loss_terms(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": F.cross_entropy(self.model(x), y)}
+
+    def end_pass(self, phase: str, last: bool, terms: dict[str, float]) -> dict[str, float]:
+        """After a round's measuring epoch, its removal (the hooks are gone first)."""
+        self._measuring.close()
+        if self._round:
+            self._remove(self._round, self._meters)
+        self._since_removal = 0 if self._round else self._since_removal + (self._since_removal >= 0)
+        self._round, self._meters = 0, {}
+        return {}
 
     def _remove(self, rnd: int, meters: dict[str, ContributionMeter]) -> None:
         """Alg. 1 steps 9-18: rank each layer's neurons by lambda1*C_avg + lambda2*C_max (or draw
@@ -298,14 +298,11 @@ class Importance:
         self.rounds_done = rnd
         self._just_pruned = True
 
-    def finish(self) -> dict[str, float]:
-        return {}
-
     def inference_model(self) -> nn.Module:
         return self.model
 
     @torch.no_grad()
-    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
+    def end_epoch(self, end: EpochEnd) -> dict[str, float]:
         widths = self.widths()
         out: dict[str, float] = {f"importance/neurons/{k}": v for k, v in widths.items()}
         out["importance/neurons_removed"] = 1 - sum(widths.values()) / sum(self.original.values())
@@ -329,4 +326,4 @@ class Importance:
         self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.rounds_done, self._since_removal = state["rounds_done"], state["since_removal"]
-        self._pending_round, self._just_pruned, self._unpruned = 0, False, None
+        self._round, self._just_pruned, self._unpruned = 0, False, None

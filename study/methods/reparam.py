@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from study.config import setting
-from study.methods.base import Batches, DataInfo, EpochEnd
+from study.methods.base import DataInfo, EpochEnd
 from study.metrics import accuracy
 from study.models import build_model
 from study.sparsity import PRUNABLE
@@ -201,6 +201,8 @@ class Reparam:
             self.model.to(device)
         self.stage = "train"
         self.before: dict[str, torch.Tensor] | None = None  # plain weights before pruning
+        self._before_accuracy: float | None = None  # their validation accuracy, once measured
+        self._lr = config.lr
         self._new_procedure()
 
     def _new_procedure(self) -> None:
@@ -225,44 +227,43 @@ class Reparam:
     def stopped(self) -> bool:
         return 0 < self.cfg.early_stop_patience <= self.bad_epochs
 
-    def begin_phase(self, phase: str) -> None:
-        if phase == "finetune":  # mag_ft: prune the trained network, then fine-tune it masked
-            self.before = plain_state_dict(self.model)
+    def begin_epoch(self, phase: str, first: bool) -> bool:
+        if first and phase == "finetune":  # mag_ft: prune the trained network, then fine-tune it masked
+            self.before, self._before_accuracy = plain_state_dict(self.model), None
             modules = list(prunable_modules(self.model).values())
             keeps, _ = global_magnitude_masks([m.weight for m in modules], self.cfg.pruning_rate)
             for m, keep in zip(modules, keeps, strict=True):
                 prune.custom_from_mask(m, "weight", keep)
             self.stage = "finetune"
             self._new_procedure()
+        self._lr = self.optimizer.param_groups[0]["lr"]  # this epoch's, before end_epoch steps it
+        if self.stopped:
+            return False
+        self.model.train()
+        return True
 
     def _budget_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         c = cost(self.model)
         return c, budget_loss(c, self.c_target, self.c_initial)
 
-    def train_epoch(self, phase: str, batches: Batches) -> dict[str, float]:
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.stopped:
-            return {"loss": self.last_loss, "train/lr": lr, "reparam/early_stopped": 1.0}
-        with_budget = self.cfg.variant == "reparam" and self.stage == "train"
-        self.model.train()
-        sums: dict[str, float] = {}
-        n = 0
-        for x, y in batches:
-            ce = F.cross_entropy(self.model(x), y)
-            terms = {"loss": ce, "train/ce": ce}
-            if with_budget:
-                _, budget = self._budget_terms()
-                terms["loss"] = ce + self.cfg.budget_lambda * budget  # Eq. 8
-                terms["train/budget"] = budget
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            self.optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
-            n += len(x)
-        out = {k: v / max(n, 1) for k, v in sums.items()}
-        self.last_loss = out["loss"]
-        return {**out, "train/lr": lr, "reparam/early_stopped": 0.0}
+    def loss_terms(self, phase: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(self.model(x), y)
+        if self.cfg.variant != "reparam" or self.stage != "train":
+            return {"loss": ce, "train/ce": ce}
+        _, budget = self._budget_terms()
+        return {"loss": ce + self.cfg.budget_lambda * budget, "train/ce": ce,  # Eq. 8
+                "train/budget": budget}
+
+    def end_pass(self, phase: str, last: bool, terms: dict[str, float]) -> dict[str, float]:
+        """Early-stopped epochs report the last trained epoch's loss; the last epoch prunes."""
+        out = {"train/lr": self._lr, "reparam/early_stopped": float(not terms)}
+        if terms:
+            self.last_loss = terms["loss"]
+        else:
+            out["loss"] = self.last_loss
+        if last:
+            out.update(self.finish())
+        return out
 
     @torch.no_grad()
     def _reparam_metrics(self) -> dict[str, float]:
@@ -274,8 +275,8 @@ class Reparam:
         return out
 
     def finish(self) -> dict[str, float]:
-        """Effective pruning to exactly round(p * N) zero weights (mag_ft: its masks made
-        permanent); returns the surrogate metrics measured just before it (`reparam`)."""
+        """After the last epoch: effective pruning to exactly round(p * N) zero weights (mag_ft:
+        its masks made permanent); returns the surrogate metrics measured just before it."""
         if self.stage == "pruned":
             return {}
         out: dict[str, float] = {}
@@ -283,7 +284,7 @@ class Reparam:
             for m in prunable_modules(self.model).values():
                 prune.remove(m, "weight")
         else:
-            self.before = plain_state_dict(self.model)
+            self.before, self._before_accuracy = plain_state_dict(self.model), None
             if self.cfg.variant == "reparam":
                 out = self._reparam_metrics()
                 threshold = effective_pruning(self.model, self.cfg.pruning_rate)
@@ -308,19 +309,26 @@ class Reparam:
         return self.plain
 
     @torch.no_grad()
-    def diagnostics(self, end: EpochEnd) -> dict[str, float]:
-        x, y, batch = end.x, end.y, end.eval_batch_size
-        before = accuracy(self.model_before_pruning(), x, y, batch)
+    def end_epoch(self, end: EpochEnd) -> dict[str, float]:
+        """The accuracy before effective pruning (the trainable's own measure until pruning, then
+        that of the weights kept aside, measured once), the surrogate metrics, and the paper's
+        reduce-on-plateau and early stopping, which follow the validation accuracy of the network
+        being trained (the apparent network, then the masked one; the paper: test accuracy)."""
+        if self.before is None:
+            before = end.val_accuracy  # the network just evaluated is the one before pruning
+        else:
+            if self._before_accuracy is None:  # the weights kept aside do not change
+                self._before_accuracy = accuracy(self.model_before_pruning(), end.x, end.y,
+                                                 end.eval_batch_size)
+            before = self._before_accuracy
         out = {"reparam/val_accuracy_before_pruning": before}
         if self.stage == "pruned":
             return out
         if self.cfg.variant == "reparam":
             out.update(self._reparam_metrics())
-        # plateau and early stopping follow the network being trained (paper: test accuracy)
-        signal = before if self.stage == "train" else accuracy(self.model, x, y, batch)
-        self.scheduler.step(signal)
-        if signal > self.best:
-            self.best, self.bad_epochs = signal, 0
+        self.scheduler.step(end.val_accuracy)
+        if end.val_accuracy > self.best:
+            self.best, self.bad_epochs = end.val_accuracy, 0
         else:
             self.bad_epochs += 1
         return out
@@ -339,7 +347,7 @@ class Reparam:
                 prune.identity(module, "weight")
         self.model.load_state_dict(state["model"])
         self.stage = state["stage"]
-        self.before = state["before"]
+        self.before, self._before_accuracy = state["before"], None
         self._new_procedure()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
