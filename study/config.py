@@ -48,6 +48,12 @@ class TrialConfig:
     label_factor: str = setting("", "class label from this generative factor, for datasets that have "
                                 "them (dsprites: shape, scale, orientation, pos_x, pos_y); '': the "
                                 "dataset's own label (dsprites: shape)")
+    degenerate_epochs: int = setting(2, "consecutive epochs at chance validation accuracy, counted "
+                                     "from the second epoch, that end a trial early as "
+                                     "degenerate, as does a dead network at any epoch (0: never "
+                                     "end early)", low=0)
+    chance_margin: float = setting(0.02, "validation accuracy within this of chance (1 / classes) "
+                                   "counts as chance", low=0.0, high=1.0)
     device: str = setting("auto", "auto: CUDA when the trial holds a GPU, else CPU",
                           choices=("auto", "cpu", "cuda"))
 

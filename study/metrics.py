@@ -39,6 +39,12 @@ VOCABULARY = {m.name: m for m in (
     Metric("epoch_seconds", None, "training seconds of the epoch (evaluation excluded)"),
     Metric("checkpoint_seconds", None, "seconds to save and report the previous epoch"),
     Metric("diverged", None, "1 when the loss became NaN or infinite (the trial ended)"),
+    Metric("total_epochs", None, "epochs in the trial's schedule"),
+    Metric("dead_network", None, "1 when the method reports its network can no longer learn "
+           "(e.g. reparam: every apparent weight is zero)"),
+    Metric("degenerate", None, "1 when the trial ended early as degenerate: chance accuracy for "
+           "`degenerate_epochs` epochs, or a dead network (the trial ended)"),
+    Metric("degenerate_reason", None, "why it was degenerate, in words"),
 )}
 
 # what the search optimizes, both maximized: (accuracy, sparsity) fronts everywhere
@@ -46,6 +52,16 @@ OBJECTIVES = ("val_accuracy", "sparsity")
 # a finished trial's headline figures: retraining summaries, export provenance
 FINAL = ("val_accuracy", "test_accuracy", "sparsity", "prunable_sparsity", "params", "nonzero_params",
          "compressed_bytes", "flops")
+
+
+# a trial's accuracy within this of chance (1 / classes) is chance-level: the trainable ends such
+# trials early (setting `chance_margin`), and fronts and exports leave complete ones out
+CHANCE_MARGIN = 0.02
+
+
+def near_chance(accuracy: float, num_classes: int, margin: float = CHANCE_MARGIN) -> bool:
+    """Whether `accuracy` is at most chance (1 / num_classes) plus `margin`."""
+    return accuracy <= 1.0 / num_classes + margin
 
 
 def mode(name: str) -> str:

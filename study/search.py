@@ -108,10 +108,12 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
                         values=[result[m] for m in OBJECTIVES],
                         user_attrs={**failed.user_attrs, "resumed_after_failure_of": failed.number}))
                 return
-            if result and result.get("diverged") and trial_id not in completed:
-                # a diverged trial ended early: pruned, so TPE learns to avoid its region
+            ended = [k for k in ("diverged", "degenerate") if result and result.get(k)]
+            if ended and trial_id not in completed:
+                # a diverged or degenerate trial ended early: pruned, which TPE ranks below
+                # every complete trial, so it learns to avoid the region; never a front point
                 trial = ray_compat.optuna_trial(self, trial_id)
-                trial.set_user_attr("diverged", True)
+                trial.set_user_attr(ended[0], result.get("degenerate_reason", True))
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 completed.add(trial_id)
                 return

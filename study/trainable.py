@@ -25,7 +25,7 @@ from study.config import ConfigError, TrialConfig
 from study.data import Dataset, batches, load_dataset
 from study.methods import METHODS
 from study.methods.base import Batches, DataInfo, EpochEnd, Method
-from study.metrics import accuracy
+from study.metrics import accuracy, near_chance
 from study.sparsity import DenseReference, size_metrics
 
 STATE_FILE = "state.pt"
@@ -142,7 +142,13 @@ def train_epoch(method: Method, phase: str, first: bool, batches: Batches) -> di
 def train(config: dict[str, Any], data: Dataset | None, report: Report,
           resume: dict[str, Any] | None = None, data_dir: str | None = None) -> dict[str, Any]:
     """Run one trial: every epoch trains, evaluates, counts, checkpoints and reports; the last
-    report also holds `test_accuracy`. `resume` is a state saved by an earlier epoch's report."""
+    report also holds `test_accuracy`. `resume` is a state saved by an earlier epoch's report.
+
+    A trial ends early as diverged (NaN/inf loss: reported without objectives) or as degenerate
+    (`degenerate` = 1 and `degenerate_reason`, reported with this epoch's metrics but no test
+    accuracy): its validation accuracy stayed within `chance_margin` of chance for
+    `degenerate_epochs` consecutive epochs from the second on, or its method reported
+    `dead_network` (`degenerate_epochs` = 0: never). The last epoch is never cut short."""
     trial, method_cfg = parse_config(config)
     cpus, gpus = _trial_resources()
     torch.set_num_threads(max(1, int(cpus)))  # Ray may pass a stale thread count
@@ -159,18 +165,19 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
         raise ConfigError(f"method {trial.method} has no epoch to run: its schedule is {method.schedule()}")
     dense = DenseReference.of(method.inference_model(), data.input_shape)
     batch_rng = torch.Generator().manual_seed(trial.seed)
-    start = 0
+    start, at_chance = 0, 0  # at_chance: consecutive epochs at chance accuracy, up to now
     if resume is not None:
         method.load_state_dict(resume["method"])
         dense = DenseReference(**resume["dense"])
         _set_rng_state(resume["rng"], batch_rng)
-        start = resume["epoch"]
+        start, at_chance = resume["epoch"], resume.get("at_chance", 0)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     metrics: dict[str, Any] = {}
     checkpoint_seconds = None  # of the previous epoch; none before the first
-    if start >= total:  # resumed from the final checkpoint (the trial ended after Ray's last
-        # snapshot): nothing to train or report again; Ray ends it with that checkpoint's metrics
+    if start >= total or (resume and "degenerate" in resume["metrics"]):
+        # resumed from the final checkpoint (the trial ended after Ray's last snapshot): nothing
+        # to train or report again; Ray ends it with that checkpoint's metrics
         return resume["metrics"]
     for epoch in range(start, total):
         phase, first = _phase_at(schedule, epoch)
@@ -193,7 +200,8 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
             end = EpochEnd(phase, last or _phase_at(schedule, epoch + 1)[1], val_accuracy,
                            data.val_x, data.val_y, data.val_factors, trial.eval_batch_size)
-            metrics = {"epoch": epoch + 1, "phase": phase, "epoch_seconds": seconds, **terms,
+            metrics = {"epoch": epoch + 1, "total_epochs": total, "phase": phase,
+                       "epoch_seconds": seconds, **terms,
                        "val_accuracy": val_accuracy, "num_classes": data.num_classes,
                        **size_metrics(model, dense, data.input_shape), **method.end_epoch(end)}
             if checkpoint_seconds is not None:
@@ -201,14 +209,25 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             if last:  # measured once, at the end; only reported, never optimized
                 metrics["test_accuracy"] = accuracy(model, data.test_x, data.test_y,
                                                     trial.eval_batch_size)
+        at_chance = at_chance + 1 if epoch > 0 and near_chance(
+            val_accuracy, data.num_classes, trial.chance_margin) else 0
+        degenerate = None if last or not trial.degenerate_epochs else (
+            "dead network" if metrics.get("dead_network") else
+            f"val_accuracy at chance for {at_chance} epochs"
+            if at_chance >= trial.degenerate_epochs else None)
+        if degenerate:  # end early, as diverged trials do, but with the metrics of this epoch
+            metrics.update(degenerate=1, degenerate_reason=degenerate)
         state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
-                 "dense": vars(dense), "config": dict(config), "metrics": metrics}
+                 "dense": vars(dense), "config": dict(config), "metrics": metrics,
+                 "at_chance": at_chance}
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
             torch.save(state, Path(d) / STATE_FILE)
             report(metrics, Path(d))
         # saving + reporting (Ray persists the checkpoint in report): shown with the next epoch
         checkpoint_seconds = time.perf_counter() - t0
+        if degenerate:
+            return metrics
     return metrics
 
 

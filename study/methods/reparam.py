@@ -79,6 +79,9 @@ class ReparamConfig:
                                     low=1e-6, high=1.0)
     early_stop_patience: int = setting(60, "epochs without validation improvement before a phase "
                                        "stops (weights frozen; paper: 60; 0: never)", low=0)
+    target_tolerance: float = setting(0.01, "achieved conv/linear sparsity further than this from "
+                                      "pruning_rate is reported as reparam/target_missed",
+                                      low=0.0, high=1.0)
     finetune_epochs: int = setting(300, "mag_ft only: fine-tuning epochs with the masks held "
                                    "(paper: the training procedure again, 300)", low=0)
 
@@ -181,6 +184,9 @@ def effective_pruning(model: nn.Module, rate: float) -> float:
     return prune_globally(model, rate)
 
 
+DEAD_H = 1e-3  # a layer whose largest h_t(w) is below this is dead (every apparent weight ~0)
+
+
 class Reparam:
     """Stages: `train` (reparametrized for `reparam`, plain otherwise), `finetune` (mag_ft: plain
     weights under torch.nn.utils.prune masks), `pruned` (after finish(): a plain network)."""
@@ -270,8 +276,14 @@ class Reparam:
         c, budget = self._budget_terms()
         out = {"reparam/budget_loss": float(budget),
                "reparam/surrogate_remaining": float(c) / self.c_initial}  # Table 2's fraction
+        dead = 0
         for name, module in prunable_modules(self.model).items():
-            out[f"reparam/t/{name}"] = float(module.parametrizations.weight[0].t)
+            p = module.parametrizations.weight
+            out[f"reparam/t/{name}"] = float(p[0].t)
+            # a layer whose every h_t(w) is ~0 passes nothing on, and h_t's gradient is ~0 there
+            # too (Eq. 5's stop band): the network cannot learn its way back
+            dead += float(h_t(p.original, p[0].t, p[0].n).max()) < DEAD_H
+        out["reparam/dead_layers"] = dead
         return out
 
     def finish(self) -> dict[str, float]:
@@ -291,6 +303,10 @@ class Reparam:
             else:  # mag, and mag_ft without fine-tuning epochs
                 threshold = prune_globally(self.model, self.cfg.pruning_rate)
             out["reparam/pruning_threshold"] = threshold
+        weights = [m.weight for m in prunable_modules(self.model).values()]
+        achieved = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        out["reparam/target_missed"] = float(abs(achieved - self.cfg.pruning_rate)
+                                             > self.cfg.target_tolerance)
         self.stage = "pruned"
         self._new_procedure()  # over the plain parameters, so the state stays loadable
         return out
@@ -326,6 +342,8 @@ class Reparam:
             return out
         if self.cfg.variant == "reparam":
             out.update(self._reparam_metrics())
+            if out["reparam/dead_layers"]:
+                out["dead_network"] = 1
         self.scheduler.step(end.val_accuracy)
         if end.val_accuracy > self.best:
             self.best, self.bad_epochs = end.val_accuracy, 0
