@@ -4,6 +4,7 @@
     python -m study.bench beta-vae-table --seeds 3 [--schedule paper]   # shneider2023 Table I
     python -m study.bench reparam-table --rates 0.9 0.99                # dupont2021 Tables 1-2
     python -m study.bench importance-curve --seeds 3                    # reddy Fig. 1 / Table 1
+    python -m study.bench overhead beta_vae                             # harness vs bare training
 
 Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
 """
@@ -21,12 +22,12 @@ from typing import Any
 
 import torch
 
-from study.data import default_data_dir, load_dataset
+from study.data import batches, default_data_dir, load_dataset
 from study.methods import METHODS
 from study.methods.base import DataInfo
 from study.metrics import accuracy
 from study.spaces import parse_assignment
-from study.trainable import load_state, parse_config, train
+from study.trainable import autocast_on, load_state, parse_config, phase_at, setup, train, train_epoch
 
 
 def _settings(pairs: list[str]) -> dict[str, Any]:
@@ -287,6 +288,92 @@ def bench_importance_curve(args: argparse.Namespace) -> None:
     if args.out:
         Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
 
+# --- overhead: the same trials through study.search and as bare training loops -------------------
+
+PARTS = {"epoch_seconds": "training", "eval_seconds": "evaluation (val, test)",
+         "diagnostics_seconds": "method diagnostics", "size_seconds": "size metrics",
+         "save_seconds": "checkpoint save", "report_seconds": "Ray report (+ checkpoint persist)"}
+
+
+def bare_trial(config: dict[str, Any], data, epochs: int) -> tuple[float, float]:
+    """The trial's first `epochs` training epochs and nothing else (no evaluation, diagnostics,
+    size, checkpoint or report): (start, end) wall-clock times, after its set-up."""
+    trial, data, method, schedule = setup(config, data)
+    batch_rng = torch.Generator().manual_seed(trial.seed)
+    total = sum(n for _, n in schedule)
+    start = time.time()
+    with autocast_on(data.train_x.device):
+        for epoch in range(epochs):
+            phase, first = phase_at(schedule, epoch)
+            terms = train_epoch(method, phase, first, batches(data.train_x, data.train_y,
+                                                              trial.batch_size, batch_rng))
+            method.end_pass(phase, epoch == total - 1, terms)
+    return start, time.time()
+
+
+def _bare_job(job: tuple[dict[str, Any], int]) -> tuple[float, float]:
+    config, epochs = job
+    return bare_trial(config, _worker_data[config["dataset"]], epochs)
+
+
+def _init_bare_worker(data_dir: str, threads: int, dataset: str) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    _worker_data[dataset] = load_dataset(dataset, data_dir)
+
+
+def bench_overhead(args: argparse.Namespace) -> None:
+    """One study through `study.search` (the harness: Ray, Optuna, W&B, evaluation, diagnostics,
+    checkpoints), then the same trials (their resolved configs, as many epochs as each ran) as bare
+    training loops in as many processes as the study ran trials at once; wall times and where the
+    harness's extra time went."""
+    import tempfile
+
+    from study import layout, search
+
+    storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-overhead-"))
+    name = f"overhead-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
+            str(args.data_dir), "--num-samples", str(args.num_samples), "--seed", str(args.seed),
+            "--max-concurrent", str(args.max_concurrent), *args.search_args]
+    for kv in args.set:
+        argv += ["--set", kv]
+    t0 = time.time()
+    if search.main(argv) != 0:
+        raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
+    harness = time.time() - t0
+    study_dir = storage / name
+    trials = []
+    for _, trial_dir in layout.trial_dirs(study_dir):
+        history = layout.trial_history(trial_dir)
+        trials.append((layout.trial_params(trial_dir), history))
+    configs = [(config, history[-1]["epoch"]) for config, history in trials if history]
+    dataset = configs[0][0]["dataset"]
+    threads = max(1, int(layout.read_info(study_dir)["cpus_per_trial"]))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.max_concurrent, initializer=_init_bare_worker,
+                  initargs=(str(args.data_dir), threads, dataset)) as pool:
+        spans = pool.map(_bare_job, configs, chunksize=1)
+    bare = max(end for _, end in spans) - min(start for start, _ in spans)
+
+    parts = {label: sum(r.get(key, 0.0) for _, h in trials for r in h) for key, label in PARTS.items()}
+    in_trials = sum(h[-1].get("time_total_s", 0.0) for _, h in trials if h)
+    print(f"\n{args.method}: {len(trials)} trials, {args.max_concurrent} at a time, "
+          f"{threads} thread(s) each; study folder {study_dir}")
+    print(f"{'seconds (summed over trials)':<44}{'':>10}")
+    for label, seconds in parts.items():
+        print(f"  {label:<42}{seconds:>10.1f}")
+    print(f"  {'other, inside trials (start-up, data, W&B)':<42}{in_trials - sum(parts.values()):>10.1f}")
+    print(f"  {'trials in all (Ray time_total_s)':<42}{in_trials:>10.1f}")
+    print(f"wall: harness {harness:.1f} s (its {args.max_concurrent} slots x wall - trial time = "
+          f"{harness * args.max_concurrent - in_trials:.1f} s of Ray start-up, scheduling and idle "
+          f"slots); bare {bare:.1f} s")
+    print(json.dumps({"method": args.method, "trials": len(trials), "max_concurrent": args.max_concurrent,
+                      "bare_seconds": round(bare, 2), "harness_seconds": round(harness, 2),
+                      "ratio": round(harness / bare, 4), "training_seconds": round(parts["training"], 2),
+                      **{k: round(v, 2) for k, v in parts.items() if k != "training"}}))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -321,10 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--out", help="also write the rows as JSON lines here")
+    o = sub.add_parser("overhead", help="a study through study.search vs the same trials as bare "
+                       "training loops: wall times, ratio, where the time went")
+    o.add_argument("method", choices=sorted(METHODS))
+    o.add_argument("--num-samples", type=int, default=8)
+    o.add_argument("--max-concurrent", type=int, default=2)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--storage-dir", help="where the study goes (default: a temporary folder)")
+    o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    o.add_argument("search_args", nargs=argparse.REMAINDER,
+                   help="after --: more flags for study.search (e.g. -- --checkpoint-every 60)")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
+    if getattr(args, "search_args", None) and args.search_args[0] == "--":
+        args.search_args = args.search_args[1:]
     {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
-     "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve}[args.bench](args)
+     "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve,
+     "overhead": bench_overhead}[args.bench](args)
     return 0
 
 

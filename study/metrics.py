@@ -37,7 +37,13 @@ VOCABULARY = {m.name: m for m in (
     Metric("dense_flops", None, "the same for the dense architecture"),
     Metric("num_classes", None, "classes of the trial's labels (chance accuracy is 1 / it)"),
     Metric("epoch_seconds", None, "training seconds of the epoch (evaluation excluded)"),
-    Metric("checkpoint_seconds", None, "seconds to save and report the previous epoch"),
+    Metric("eval_seconds", None, "seconds of the epoch's evaluation (validation; test at the end)"),
+    Metric("size_seconds", None, "seconds of the epoch's size metrics"),
+    Metric("diagnostics_seconds", None, "seconds of the method's end-of-epoch diagnostics"),
+    Metric("save_seconds", None, "seconds to save the previous epoch's state, when it was "
+           "checkpointed (--checkpoint-every)"),
+    Metric("report_seconds", None, "seconds to report the previous epoch to Ray (which persists "
+           "its checkpoint, if any)"),
     Metric("diverged", None, "1 when the loss became NaN or infinite (the trial ended)"),
     Metric("total_epochs", None, "epochs in the trial's schedule"),
     Metric("dead_network", None, "1 when the method reports its network can no longer learn "

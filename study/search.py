@@ -21,6 +21,7 @@ from study.metrics import OBJECTIVES, mode
 from study.spaces import StudySpace, load_space, parse_assignment
 
 SAMPLERS = ("tpe", "nsga2", "random")
+CHECKPOINT_EVERY = 30.0  # seconds: a checkpoint (and Ray's experiment snapshot) costs ~1 s here
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,12 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "kept, running ones continue from their last checkpoint")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a crashed trial, each from its last checkpoint")
+    p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
+                   help="a trial checkpoints at the first epoch end this many seconds after its "
+                   f"last checkpoint, and at its end (default {CHECKPOINT_EVERY:g}; 0: every "
+                   "epoch); a resumed trial redoes at most this much work plus one epoch")
     args = p.parse_args(argv)
     for flag in ("num_samples", "cpus_per_trial"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.gpus_per_trial < 0 or args.max_concurrent < 0 or args.max_failures < 0:
-        p.error("--gpus-per-trial, --max-concurrent and --max-failures must not be negative")
+    if args.gpus_per_trial < 0 or args.max_concurrent < 0 or args.max_failures < 0 or (
+            args.checkpoint_every or 0) < 0:
+        p.error("--gpus-per-trial, --max-concurrent, --max-failures and --checkpoint-every must "
+                "not be negative")
     return args
 
 
@@ -194,7 +201,8 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
             "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
             "sampler": args.sampler, "seed": args.seed, "num_samples": args.num_samples or 8,
             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-            "argv": sys.argv[1:]}
+            "checkpoint_every": CHECKPOINT_EVERY if args.checkpoint_every is None
+            else args.checkpoint_every, "argv": sys.argv[1:]}
     layout.write_info(study_dir, info)
     return study_dir, {**info, "space": space}, data
 
@@ -213,6 +221,8 @@ def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Data
                           f"{info['num_samples']}; a resumed study can only grow")
     if args.data_dir:
         info["data_dir"] = str(Path(args.data_dir).resolve())
+    if args.checkpoint_every is not None:
+        info["checkpoint_every"] = args.checkpoint_every
     data = load_dataset(info["dataset"], info["data_dir"])
     if not os.access(study_dir, os.W_OK):
         raise ConfigError(f"cannot write the study folder {study_dir}")
@@ -234,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
 
     init_ray(args.address, env)
     try:
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
+        trainable = tune.with_resources(tune.with_parameters(
+            run_trial, data=data, checkpoint_every=info.get("checkpoint_every", 0.0)),
                                         {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]})
         if args.resume:
             if args.num_samples and args.num_samples > info["num_samples"]:
@@ -276,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # every epoch checkpoints (num_to_keep=1 forces an experiment snapshot each time): by design
+    # each checkpoint (num_to_keep=1) forces an experiment snapshot: by design (--checkpoint-every)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a diverged trial's last report has no objectives (Optuna records it as pruned): allowed
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

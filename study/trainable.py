@@ -109,7 +109,7 @@ def _device(choice: str, gpus: float) -> torch.device:
     return torch.device("cpu")
 
 
-def _phase_at(schedule: list[tuple[str, int]], epoch: int) -> tuple[str, bool]:
+def phase_at(schedule: list[tuple[str, int]], epoch: int) -> tuple[str, bool]:
     """(phase of 0-based `epoch`, whether it is the phase's first epoch)."""
     start = 0
     for phase, n in schedule:
@@ -117,6 +117,21 @@ def _phase_at(schedule: list[tuple[str, int]], epoch: int) -> tuple[str, bool]:
             return phase, epoch == start
         start += n
     raise IndexError(epoch)
+
+
+class Stopwatch:
+    """Seconds spent in named blocks (`with watch("eval_seconds"): ...`), summed per name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def train_epoch(method: Method, phase: str, first: bool, batches: Batches) -> dict[str, float]:
@@ -139,16 +154,16 @@ def train_epoch(method: Method, phase: str, first: bool, batches: Batches) -> di
     return {k: float(v) / max(n, 1) for k, v in sums.items()}
 
 
-def train(config: dict[str, Any], data: Dataset | None, report: Report,
-          resume: dict[str, Any] | None = None, data_dir: str | None = None) -> dict[str, Any]:
-    """Run one trial: every epoch trains, evaluates, counts, checkpoints and reports; the last
-    report also holds `test_accuracy`. `resume` is a state saved by an earlier epoch's report.
+def autocast_on(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (no speed-up there, and exact CPU reproducibility)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
-    A trial ends early as diverged (NaN/inf loss: reported without objectives) or as degenerate
-    (`degenerate` = 1 and `degenerate_reason`, reported with this epoch's metrics but no test
-    accuracy): its validation accuracy stayed within `chance_margin` of chance for
-    `degenerate_epochs` consecutive epochs from the second on, or its method reported
-    `dead_network` (`degenerate_epochs` = 0: never). The last epoch is never cut short."""
+
+def setup(config: dict[str, Any], data: Dataset | None, data_dir: str | None = None
+          ) -> tuple[TrialConfig, Dataset, Method, list[tuple[str, int]]]:
+    """A trial's settings, its data on its device, its seeded method and its non-empty phases."""
     trial, method_cfg = parse_config(config)
     cpus, gpus = _trial_resources()
     torch.set_num_threads(max(1, int(cpus)))  # Ray may pass a stale thread count
@@ -160,9 +175,26 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
     method = METHODS[trial.method](method_cfg, info, device)
     schedule = [(p, n) for p, n in method.schedule() if n > 0]
-    total = sum(n for _, n in schedule)
-    if total == 0:
+    if not schedule:
         raise ConfigError(f"method {trial.method} has no epoch to run: its schedule is {method.schedule()}")
+    return trial, data, method, schedule
+
+
+def train(config: dict[str, Any], data: Dataset | None, report: Report,
+          resume: dict[str, Any] | None = None, data_dir: str | None = None,
+          checkpoint_every: float = 0.0) -> dict[str, Any]:
+    """Run one trial: every epoch trains, evaluates, counts and reports; the last report also
+    holds `test_accuracy`. An epoch's report carries the trial's state (a checkpoint) when
+    `checkpoint_every` seconds have passed since the last one (0: every epoch), and always at the
+    trial's end. `resume` is a state saved with an earlier epoch's report.
+
+    A trial ends early as diverged (NaN/inf loss: reported without objectives) or as degenerate
+    (`degenerate` = 1 and `degenerate_reason`, reported with this epoch's metrics but no test
+    accuracy): its validation accuracy stayed within `chance_margin` of chance for
+    `degenerate_epochs` consecutive epochs from the second on, or its method reported
+    `dead_network` (`degenerate_epochs` = 0: never). The last epoch is never cut short."""
+    trial, data, method, schedule = setup(config, data, data_dir)
+    total = sum(n for _, n in schedule)
     dense = DenseReference.of(method.inference_model(), data.input_shape)
     batch_rng = torch.Generator().manual_seed(trial.seed)
     start, at_chance = 0, 0  # at_chance: consecutive epochs at chance accuracy, up to now
@@ -171,16 +203,16 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
         dense = DenseReference(**resume["dense"])
         _set_rng_state(resume["rng"], batch_rng)
         start, at_chance = resume["epoch"], resume.get("at_chance", 0)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = autocast_on(data.train_x.device)
     metrics: dict[str, Any] = {}
-    checkpoint_seconds = None  # of the previous epoch; none before the first
+    previous: dict[str, float] = {}  # seconds to checkpoint and report the previous epoch
+    checkpointed = time.perf_counter()  # when the last checkpoint was taken (or the trial began)
     if start >= total or (resume and "degenerate" in resume["metrics"]):
         # resumed from the final checkpoint (the trial ended after Ray's last snapshot): nothing
         # to train or report again; Ray ends it with that checkpoint's metrics
         return resume["metrics"]
     for epoch in range(start, total):
-        phase, first = _phase_at(schedule, epoch)
+        phase, first = phase_at(schedule, epoch)
         last = epoch == total - 1
         t0 = time.perf_counter()
         with autocast:
@@ -195,20 +227,26 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             metrics = {"epoch": epoch + 1, "phase": phase, "diverged": 1, "loss": terms["loss"]}
             report(metrics, None)
             return metrics
+        watch = Stopwatch()
         with autocast:
             model = method.inference_model()
-            val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
-            end = EpochEnd(phase, last or _phase_at(schedule, epoch + 1)[1], val_accuracy,
+            with watch("eval_seconds"):
+                val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
+            end = EpochEnd(phase, last or phase_at(schedule, epoch + 1)[1], val_accuracy,
                            data.val_x, data.val_y, data.val_factors, trial.eval_batch_size)
-            metrics = {"epoch": epoch + 1, "total_epochs": total, "phase": phase,
-                       "epoch_seconds": seconds, **terms,
-                       "val_accuracy": val_accuracy, "num_classes": data.num_classes,
-                       **size_metrics(model, dense, data.input_shape), **method.end_epoch(end)}
-            if checkpoint_seconds is not None:
-                metrics["checkpoint_seconds"] = checkpoint_seconds
+            with watch("size_seconds"):
+                size = size_metrics(model, dense, data.input_shape)
+            with watch("diagnostics_seconds"):
+                diagnostics = method.end_epoch(end)
             if last:  # measured once, at the end; only reported, never optimized
-                metrics["test_accuracy"] = accuracy(model, data.test_x, data.test_y,
-                                                    trial.eval_batch_size)
+                with watch("eval_seconds"):
+                    test_accuracy = accuracy(model, data.test_x, data.test_y, trial.eval_batch_size)
+        metrics = {"epoch": epoch + 1, "total_epochs": total, "phase": phase,
+                   "epoch_seconds": seconds, **terms, "val_accuracy": val_accuracy,
+                   "num_classes": data.num_classes, **size, **diagnostics, **watch.seconds,
+                   **previous}
+        if last:
+            metrics["test_accuracy"] = test_accuracy
         at_chance = at_chance + 1 if epoch > 0 and near_chance(
             val_accuracy, data.num_classes, trial.chance_margin) else 0
         degenerate = None if last or not trial.degenerate_epochs else (
@@ -217,15 +255,21 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             if at_chance >= trial.degenerate_epochs else None)
         if degenerate:  # end early, as diverged trials do, but with the metrics of this epoch
             metrics.update(degenerate=1, degenerate_reason=degenerate)
-        state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
-                 "dense": vars(dense), "config": dict(config), "metrics": metrics,
-                 "at_chance": at_chance}
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
-            torch.save(state, Path(d) / STATE_FILE)
-            report(metrics, Path(d))
-        # saving + reporting (Ray persists the checkpoint in report): shown with the next epoch
-        checkpoint_seconds = time.perf_counter() - t0
+        watch = Stopwatch()
+        if last or degenerate or time.perf_counter() - checkpointed >= checkpoint_every:
+            state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
+                     "dense": vars(dense), "config": dict(config), "metrics": metrics,
+                     "at_chance": at_chance}
+            with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
+                with watch("save_seconds"):
+                    torch.save(state, Path(d) / STATE_FILE)
+                with watch("report_seconds"):  # Ray persists the checkpoint in report
+                    report(metrics, Path(d))
+            checkpointed = time.perf_counter()
+        else:
+            with watch("report_seconds"):
+                report(metrics, None)
+        previous = watch.seconds  # shown with the next epoch's metrics
         if degenerate:
             return metrics
     return metrics
@@ -236,7 +280,7 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def run_trial(config: dict[str, Any], data: Dataset | None = None) -> None:
+def run_trial(config: dict[str, Any], data: Dataset | None = None, checkpoint_every: float = 0.0) -> None:
     """Ray Tune function trainable: resumes from Tune's checkpoint when there is one."""
     from ray import tune
 
@@ -259,4 +303,4 @@ def run_trial(config: dict[str, Any], data: Dataset | None = None) -> None:
         tune.report({**metrics, "node_id": node_id},
                     checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
 
-    train(config, data, report, resume)
+    train(config, data, report, resume, checkpoint_every=checkpoint_every)

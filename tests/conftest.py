@@ -1,4 +1,11 @@
-"""Tests run on the real datasets in ../shared/data (read-only) or $PRUNESTUDY_DATA_DIR."""
+"""Tests run on the real datasets in ../shared/data (read-only) or $PRUNESTUDY_DATA_DIR.
+
+The suite's real Ray studies (Ray Tune + OptunaSearch + W&B offline, real training) are background
+studies: functions registered with `@background_study(NAME)`, started in worker threads when the
+session starts and run while the in-process tests run. A test that reads one is marked
+`@pytest.mark.study(NAME)` (or uses the `tiny_study` fixture); such tests run last, and
+`studies.result(NAME)` waits for the study. Only the studies of selected tests are started.
+"""
 from __future__ import annotations
 
 import os
@@ -7,7 +14,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +57,15 @@ def mnist(data_dir):
     return load_dataset("mnist", data_dir, download=False)
 
 
+@pytest.fixture(scope="session")
+def mnist_small(mnist):
+    """MNIST with 1,000 validation and 1,000 test images: for checks that hold whatever the
+    evaluation's size (determinism, resume, round trips, reported keys), evaluated in a sixth of
+    the time (beta_vae's diagnostics decode the validation split)."""
+    return replace(mnist, val_x=mnist.val_x[:1000], val_y=mnist.val_y[:1000],
+                   test_x=mnist.test_x[:1000], test_y=mnist.test_y[:1000])
+
+
 def tiny_config(**overrides):
     """A beta_vae trial small enough for a unit test (seconds on a CPU)."""
     config = {"method": "beta_vae", "dataset": "mnist", "train_subset": 512, "batch_size": 64,
@@ -72,16 +94,16 @@ def ray_pids(marker: str | Path = "raylet|gcs_server") -> set[int]:
     return {int(p) for p in out.split()} - {os.getpid()}
 
 
-def run_module(module: str, *args: str, timeout: float = 600,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repo root, W&B offline, no API key in sight."""
-    extra = env or {}
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
+def _module_env(base: dict[str, str], extra: dict[str, str] | None) -> dict[str, str]:
+    """`base` with W&B offline, the repo importable and no API key unless `extra` plants one."""
+    extra = extra or {}
+    env = {**base, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
     if "WANDB_API_KEY" not in extra:
         env.pop("WANDB_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
+    return env
+
+
+def _communicate(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:  # never leave a hung driver (or its Ray) behind
@@ -89,6 +111,15 @@ def run_module(module: str, *args: str, timeout: float = 600,
         proc.communicate()
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_module(module: str, *args: str, timeout: float = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repo root, W&B offline, no API key in sight."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_module_env(dict(os.environ), env),
+                            cwd=ROOT, start_new_session=True)
+    return _communicate(proc, timeout)
 
 
 def run_main(module: str, *args: str) -> int:
@@ -102,26 +133,15 @@ def run_main(module: str, *args: str) -> int:
         return int(e.code or 0)
 
 
-@pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory, data_dir):
-    """A real 2-trial beta_vae study through the CLI, shared by the tests that read one."""
-    storage = tmp_path_factory.mktemp("studies")
-    ray_dir = ray_tmpdir()
-    proc = run_module("study.search", "beta_vae", "--num-samples", "2", "--max-concurrent", "2",
-                      "--name", "tiny", "--storage-dir", str(storage), "--sampler", "random",
-                      "--seed", "3", "--data-dir", str(data_dir), "--set", "epochs=1",
-                      "--set", "head_epochs=1", "--set", "prune_epochs=1", "--set", "train_subset=500",
-                      "--set", "latent_dim=4", env={"RAY_TMPDIR": str(ray_dir)})
-    return storage / "tiny", proc, ray_pids(ray_dir)
-
-
-TIMINGS = {"epoch_seconds", "checkpoint_seconds"}  # wall-clock; checkpoint_seconds absent after resume
+def _timeless(metrics: dict) -> set:
+    """Its keys but the wall-clock ones (`*_seconds`; the previous epoch's are absent after a resume)."""
+    return {k for k in metrics if not k.endswith("_seconds")}
 
 
 def assert_same_metrics(a: dict, b: dict) -> None:
     """Two reports of the same epoch agree exactly, timings aside (CPU runs are deterministic)."""
-    assert a.keys() - TIMINGS == b.keys() - TIMINGS
-    for k in a.keys() - TIMINGS:
+    assert _timeless(a) == _timeless(b)
+    for k in _timeless(a):
         assert a[k] == b[k], (a.get("epoch"), k)
 
 
@@ -155,3 +175,171 @@ def dsprites(data_dir):
     from study.data import load_dataset
 
     return load_dataset("dsprites", data_dir, download=False)
+
+
+# --- background studies --------------------------------------------------------------------------
+
+STUDY_LANES = 2  # background studies at once (each a Ray driver and its trials), beside the tests
+_STUDIES: dict[str, tuple[float, Callable[[StudyContext], Any]]] = {}  # name -> (cost, job)
+
+
+def background_study(name: str, cost: float):
+    """Register `job(ctx) -> result` as the background study NAME; `cost` (seconds, roughly)
+    orders the start: longest first, so the studies end together."""
+    def register(job):
+        _STUDIES[name] = (cost, job)
+        return job
+    return register
+
+
+class StudyContext:
+    """What a background study runs with: its own folder, the data, a copy of the session's
+    environment (taken before any test changes it), and its processes, ended if it is abandoned."""
+
+    def __init__(self, name: str, folder: Path, data_dir: Path, env: dict[str, str]):
+        self.name, self.folder, self.data_dir, self._env = name, folder, data_dir, env
+        self.procs: list[subprocess.Popen] = []
+        self.ray_dirs: list[Path] = []
+        self.cancelled = threading.Event()
+
+    def ray_dir(self) -> Path:
+        folder = ray_tmpdir()
+        self.ray_dirs.append(folder)
+        return folder
+
+    def popen(self, module: str, *args: str, env: dict[str, str] | None = None,
+              output: bool = True) -> subprocess.Popen:
+        """`python -m module args...` in its own process group (output: piped, else discarded)."""
+        if self.cancelled.is_set():
+            raise RuntimeError(f"background study {self.name} was abandoned")
+        pipe = subprocess.PIPE if output else subprocess.DEVNULL
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=pipe, stderr=pipe,
+                                text=True, env=_module_env(self._env, env), cwd=ROOT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, module: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        return _communicate(self.popen(module, *args, env=env), timeout)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        end = time.time() + timeout
+        while time.time() < end and not self.cancelled.is_set():
+            if predicate():
+                return
+            time.sleep(1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def abandon(self) -> None:
+        """End every process it started and every Ray process of its RAY_TMPDIRs."""
+        self.cancelled.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for folder in self.ray_dirs:
+            for pid in ray_pids(folder):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class Studies:
+    """The session's background studies: started once, read by any number of tests."""
+
+    def __init__(self, names: list[str], tmp_path_factory, data_dir: Path):
+        unknown = [n for n in names if n not in _STUDIES]
+        if unknown:
+            raise KeyError(f"no background study named {unknown}")
+        env = dict(os.environ)
+        self.contexts = {n: StudyContext(n, tmp_path_factory.mktemp(n), data_dir, env) for n in names}
+        self._pool = ThreadPoolExecutor(max_workers=STUDY_LANES, thread_name_prefix="study")
+        self.futures: dict[str, Future] = {}
+        for name in sorted(names, key=lambda n: -_STUDIES[n][0]):
+            self.futures[name] = self._pool.submit(_STUDIES[name][1], self.contexts[name])
+
+    def result(self, name: str, timeout: float = 1200) -> Any:
+        if name not in self.futures:
+            raise KeyError(f"background study {name!r} was not started: mark the test "
+                           f"@pytest.mark.study({name!r})")
+        return self.futures[name].result(timeout=timeout)
+
+    def close(self) -> None:
+        for name, future in self.futures.items():
+            if not future.cancel() and not future.done():  # running: abandoned by the session
+                self.contexts[name].abandon()
+        self._pool.shutdown(wait=True)
+
+
+def _needed_studies(item) -> list[str]:
+    names = [m.args[0] for m in item.iter_markers("study")]
+    if "tiny_study" in getattr(item, "fixturenames", ()):
+        names.append("cli-beta_vae")
+    return names
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Tests that read a background study run last (they wait for it), in their order."""
+    items.sort(key=lambda item: bool(_needed_studies(item)))  # stable: the order otherwise kept
+
+
+@pytest.fixture(scope="session")
+def studies(request, tmp_path_factory, data_dir, mnist, _isolated_env):
+    """Starts, at the first test, the background studies the selected tests read (`mnist` first:
+    MNIST is unpacked into the cache once, before any driver loads it)."""
+    names = sorted({n for item in request.session.items for n in _needed_studies(item)})
+    running = Studies(names, tmp_path_factory, data_dir)
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_studies(request):
+    if any(_needed_studies(item) for item in request.session.items):
+        request.getfixturevalue("studies")
+
+
+# --- the CLI studies, one per method (test_search_cli; beta_vae's is read by other tests too) ---
+
+PLANTED_KEY = "fakekey" + "0123456789abcdef" * 2 + "Zq"  # a W&B API key that must appear nowhere
+CLI_STUDIES = {  # method -> (study name, arguments of `python -m study.search METHOD` but the folders)
+    "beta_vae": ("tiny", ["--sampler", "random", "--seed", "3", "--set", "epochs=1", "--set",
+                          "head_epochs=1", "--set", "prune_epochs=1", "--set", "train_subset=500",
+                          "--set", "latent_dim=4"]),
+    "reparam": ("tiny", ["--sampler", "random", "--seed", "3", "--dataset", "mnist", "--set",
+                         "epochs=2", "--set", "train_subset=500"]),
+    "importance": ("imp", ["--sampler", "random", "--seed", "1", "--set", "train_subset=500", "--set",
+                           "warmup_epochs=1", "--set", "recovery_epochs=0", "--set",
+                           "prune_fraction=0.5", "--set", "target_fraction=0.5"]),
+}
+
+
+def _cli_study(method: str):
+    name, args = CLI_STUDIES[method]
+
+    def job(ctx: StudyContext):
+        """A real 2-trial study through the CLI, W&B offline with an API key planted in its
+        environment; returns (study folder, finished process, Ray processes left behind)."""
+        ray_dir = ctx.ray_dir()
+        proc = ctx.run("study.search", method, "--num-samples", "2", "--max-concurrent", "2",
+                       "--name", name, "--storage-dir", str(ctx.folder), "--data-dir",
+                       str(ctx.data_dir), *args,
+                       env={"RAY_TMPDIR": str(ray_dir), "WANDB_API_KEY": PLANTED_KEY})
+        return ctx.folder / name, proc, ray_pids(ray_dir)
+    return job
+
+
+for _method, _cost in (("beta_vae", 40), ("reparam", 30), ("importance", 30)):
+    background_study(f"cli-{_method}", _cost)(_cli_study(_method))
+
+
+@pytest.fixture
+def tiny_study(studies):
+    """The real 2-trial beta_vae study through the CLI (study folder, process, Ray processes
+    left), shared by the tests that read one."""
+    return studies.result("cli-beta_vae")

@@ -180,29 +180,33 @@ class BetaVAE:
 
     @torch.no_grad()
     def end_epoch(self, end: EpochEnd) -> dict[str, float]:
+        """Active units every epoch; while the VAE is whole, the validation KL (in all and per
+        dimension) too; at the end of its phase, the reconstruction (the decoder's pass over the
+        validation split, the costliest diagnostic) and the state recorded under `vae/end/`."""
         self.model.eval()
+        vae_end = end.phase == "train" and end.phase_end
         mus, logvars, recon = [], [], 0.0
         for xb, _ in batches(end.x, end.y, end.eval_batch_size):
             mu, logvar = self.model.encode(xb)
             mus.append(mu.float())
             if logvar is not None:
                 logvars.append(logvar.float())
-                recon += float(F.binary_cross_entropy_with_logits(
-                    self.model.decoder(mu), xb, reduction="sum"))
+                if vae_end:
+                    recon += float(F.binary_cross_entropy_with_logits(
+                        self.model.decoder(mu), xb, reduction="sum"))
         mu = torch.cat(mus)
         out = {"vae/active_units": active_units(mu, self.cfg.active_threshold)}
         if not logvars:  # the posterior's variance exists only while the VAE is whole
             return out
         kl = kl_per_dim(mu, torch.cat(logvars)).mean(dim=0)
         out["vae/kl"] = float(kl.sum())
-        out["vae/recon"] = recon / len(mu)
         out.update({f"vae/kl_per_dim/{j}": float(v) for j, v in enumerate(kl)})
-        if end.phase == "train" and end.phase_end:
+        if vae_end:
             # the VAE's own state, recorded once where it ends: the head phase retrains the
             # encoder on cross-entropy alone and can hide a collapse (analysis.collapse reads these)
-            out.update({f"vae/end/{k[len('vae/'):]}": v for k, v in out.items()
-                        if k != "vae/recon"})
+            out.update({f"vae/end/{k[len('vae/'):]}": v for k, v in out.items()})
             out["vae/end/val_accuracy"] = end.val_accuracy
+            out["vae/recon"] = recon / len(mu)
             if end.factors is not None:
                 out["vae/mig"] = mutual_information_gap(mu.cpu().numpy(), end.factors.cpu().numpy())
         return out
