@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import optuna.distributions as od
 
 from study import layout, ray_compat
 from study.config import ConfigError
@@ -24,8 +27,15 @@ SAMPLERS = ("tpe", "nsga2", "random")
 CHECKPOINT_EVERY = 30.0  # seconds: a checkpoint (and Ray's experiment snapshot) costs ~1 s here
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (`--help` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.search", description=__doc__.splitlines()[0])
+    p = OneLineErrors(prog="python -m study.search", description=__doc__.splitlines()[0])
     p.add_argument("method", help=f"pruning method: {', '.join(METHODS)}")
     p.add_argument("--dataset", help=f"{', '.join(DATASETS)} or folder:PATH (default: the space's, "
                    "else mnist)")
@@ -65,16 +75,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_study_name(flag: str, name: str | None) -> None:
+    """A study name is one plain folder name inside --storage-dir, never a path."""
+    if name is not None and not STUDY_NAME.fullmatch(name):
+        raise ConfigError(f"--{flag} {name!r} is not a plain folder name (letters, digits, '.', "
+                          "'_', '-', starting with a letter or digit)")
+
+
 def build_space(args: argparse.Namespace) -> StudySpace:
     space = load_space(args.method, args.space)
+    seed_fixed = "seed" in space.fixed
     space.fixed.setdefault("seed", args.seed)
     if args.dataset:
         space.set("dataset", args.dataset)
     space.fixed.setdefault("dataset", "mnist")
     for text in args.set:
-        space.set(*parse_assignment(text))
+        key, value = parse_assignment(text)
+        space.set(key, value)
+        seed_fixed = seed_fixed or key == "seed"
     space.fixed["method"] = args.method
     space.fill_defaults()
+    if not space.search:  # nothing searched: num-samples trials of one configuration, each with
+        # its own seed drawn by the sampler, or all with the seed that was fixed
+        seed = space.fixed.pop("seed")
+        space.search["seed"] = (od.CategoricalDistribution([seed]) if seed_fixed
+                                else od.IntDistribution(0, 2**31 - 1))
     return space
 
 
@@ -148,7 +176,7 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
         ray.init(address=address, runtime_env={"env_vars": env})
     else:  # local, no dashboard. Ray 2.60 turns a 127.0.0.1 node address into the machine's and
         # binds its gRPC servers to all interfaces regardless; its token auth (on by default)
-        # is what guards them. Newer Ray binds to the node address (ray-project/ray#59852).
+        # is what guards them (README: Safety, and how to firewall the ports)
         ray.init(include_dashboard=False, runtime_env={"env_vars": env})
 
 
@@ -179,9 +207,12 @@ def summarize(study_dir: Path) -> str:
 
 
 def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
-    """Check everything, then create the study folder and its study.json."""
+    """Check everything a new study needs, writing nothing."""
     space = build_space(args)
     dataset_name = space.fixed["dataset"]
+    if "://" in args.storage_dir:
+        raise ConfigError(f"--storage-dir {args.storage_dir!r}: URI storage is not supported; give "
+                          "a local folder (on a cluster, one every node can read, such as NFS)")
     name = args.name or f"{args.method}-{dataset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study_dir = Path(args.storage_dir).resolve() / name
     if layout.holds_study(study_dir):
@@ -190,6 +221,17 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
     data_dir = Path(args.data_dir or default_data_dir()).resolve()
     data = load_dataset(dataset_name, data_dir)  # fail before creating anything
     data.with_label(space.fixed.get("label_factor", ""))
+    info = {"name": name, "method": args.method, "dataset": dataset_name, "data_dir": str(data_dir),
+            "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
+            "sampler": args.sampler, "seed": args.seed, "num_samples": args.num_samples or 8,
+            "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "checkpoint_every": CHECKPOINT_EVERY if args.checkpoint_every is None
+            else args.checkpoint_every, "argv": sys.argv[1:]}
+    return study_dir, {**info, "space": space}, data
+
+
+def _create_study(study_dir: Path, info: dict[str, Any]) -> None:
+    """The study folder and its study.json: the first thing a study writes."""
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         probe = study_dir / ".write-test"
@@ -197,14 +239,7 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"cannot write the study folder {study_dir}: {e.strerror}") from None
-    info = {"name": name, "method": args.method, "dataset": dataset_name, "data_dir": str(data_dir),
-            "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
-            "sampler": args.sampler, "seed": args.seed, "num_samples": args.num_samples or 8,
-            "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-            "checkpoint_every": CHECKPOINT_EVERY if args.checkpoint_every is None
-            else args.checkpoint_every, "argv": sys.argv[1:]}
-    layout.write_info(study_dir, info)
-    return study_dir, {**info, "space": space}, data
+    layout.write_info(study_dir, {k: v for k, v in info.items() if k != "space"})
 
 
 def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
@@ -229,7 +264,33 @@ def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Data
     return study_dir, info, data
 
 
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, nodes: list[dict[str, float]]) -> None:
+    """A trial's resources must fit on one node, or it would wait forever: ConfigError if not."""
+    for flag, key, want in (("--cpus-per-trial", "CPU", cpus_per_trial),
+                            ("--gpus-per-trial", "GPU", gpus_per_trial)):
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if want > most:
+            where = "this machine has" if len(nodes) == 1 else "the largest node of the cluster has"
+            raise ConfigError(f"{flag} {want:g} cannot run: {where} {most:g} {key}s")
+
+
+def _local_node() -> dict[str, float]:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def _cluster_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
 def run(args: argparse.Namespace) -> int:
+    for flag in ("name", "resume"):
+        check_study_name(flag, getattr(args, flag))
+    if not args.address:
+        check_resources(args.cpus_per_trial, args.gpus_per_trial, [_local_node()])
     study_dir, info, data = _resumed_study(args) if args.resume else _new_study(args)
     name = info.get("name", study_dir.name)
 
@@ -244,6 +305,10 @@ def run(args: argparse.Namespace) -> int:
 
     init_ray(args.address, env)
     try:
+        if args.address:
+            check_resources(info["cpus_per_trial"], info["gpus_per_trial"], _cluster_nodes())
+        if not args.resume:
+            _create_study(study_dir, info)
         trainable = tune.with_resources(tune.with_parameters(
             run_trial, data=data, checkpoint_every=info.get("checkpoint_every", 0.0)),
                                         {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]})

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", type=Path)
     p.add_argument("--seeds", type=int, default=1, help="runs, with seeds seed, seed+1, ...")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="dataset root (default: the exported study's, "
+                   "else $PRUNESTUDY_DATA_DIR or ./data)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the exported trial's, else all)")
     p.add_argument("--out", type=Path, help="result file (default: CONFIG.result.json)")
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.threads or provenance.get("threads")
         if threads:
             os.environ["OMP_NUM_THREADS"] = str(threads)  # read by the trainable outside Ray
-        data = load_dataset(trial.dataset, args.data_dir or default_data_dir())
+        # the data folder the exported trial's study used, unless told otherwise
+        data = load_dataset(trial.dataset, args.data_dir or provenance.get("data_dir")
+                            or default_data_dir())
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,40 @@
+"""`prunestudy COMMAND ...`: one console command for every action; each command takes the same
+flags as its module (`prunestudy search beta_vae` is `python -m study.search beta_vae`)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {  # command -> (module with main(argv), what it does)
+    "search": ("study.search", "run a study: Ray Tune trials, Optuna's sampler, W&B runs"),
+    "pareto": ("analysis.pareto", "Pareto fronts of accuracy against sparsity (CSV, PNG, HTML, W&B)"),
+    "collapse": ("analysis.collapse", "posterior-collapse flags of beta_vae trials, by beta"),
+    "export": ("analysis.export", "best configs of a study as YAML, ready for `prunestudy train`"),
+    "train": ("study.train", "retrain an exported config over seeds"),
+    "bench": ("study.bench", "figures: epoch times, the papers' tables, the harness's overhead"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    return ("usage: prunestudy COMMAND [ARGS...]   (prunestudy COMMAND --help for its flags)\n\n"
+            "commands:\n" + "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"prunestudy {command}", *rest]  # as if run as its module (study.json records it)
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

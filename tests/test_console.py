@@ -1,0 +1,59 @@
+"""The `prunestudy` console command and what the search refuses before writing anything."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study import search
+from study.cli import COMMANDS
+from tests.conftest import run_main
+
+
+def test_prunestudy_lists_its_commands_and_runs_each_modules_main(capsys):
+    script = Path(sys.executable).parent / "prunestudy"  # installed by pip install -e .
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("search", "pareto", "collapse", "export", "train", "bench"):
+        assert f"  {command}" in proc.stdout and command in COMMANDS
+    assert run_main("study.cli", "bogus") == 2
+    assert "unknown command 'bogus'" in capsys.readouterr().err
+    # a command is its module: the same flags, the same one-line errors and exit codes
+    assert run_main("study.cli", "search", "gan") == 2
+    assert "unknown method 'gan'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cpus-per-trial", "64"], "--cpus-per-trial 64 cannot run: this machine has"),
+    (["--gpus-per-trial", "99"], "--gpus-per-trial 99 cannot run: this machine has"),
+    (["--name", "../../escape"], "--name '../../escape' is not a plain folder name"),
+    (["--name", "a/b"], "--name 'a/b' is not a plain folder name"),
+    (["--resume", ".."], "--resume '..' is not a plain folder name"),
+    (["--storage-dir", "s3://bucket/runs"], "URI storage is not supported"),
+    (["--checkpoint-every", "-1"], "must not be negative"),
+])
+def test_what_cannot_run_is_refused_before_anything_is_written(tmp_path, data_dir, capsys, args, message):
+    storage = tmp_path / "runs"
+    argv = ["beta_vae", "--data-dir", str(data_dir), *args]
+    if "--storage-dir" not in args:
+        argv += ["--storage-dir", str(storage)]
+    assert run_main("study.search", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not storage.exists() and not (tmp_path.parent / "escape").exists()
+    assert not Path("s3:").exists()
+
+
+def test_an_empty_search_space_runs_one_configuration_with_a_seed_per_trial(tmp_path):
+    fixed = ["--set", "budget_lambda=5", "--set", "n=4", "--set", "t_init=100", "--set",
+             "pruning_rate=0.9", "--set", "lr=0.1"]
+    space = search.build_space(search.parse_args(["reparam", *fixed]))
+    assert list(space.search) == ["seed"] and "seed" not in space.fixed
+    searcher = search.make_searcher(space, tmp_path, "a", "tpe", 0)
+    seeds = [searcher.suggest(f"t{i}")["seed"] for i in range(4)]
+    assert len(set(seeds)) == 4  # each trial its own seed
+    space = search.build_space(search.parse_args(["reparam", *fixed, "--set", "seed=7"]))
+    searcher = search.make_searcher(space, tmp_path, "b", "tpe", 0)
+    assert [searcher.suggest(f"t{i}")["seed"] for i in range(3)] == [7, 7, 7]  # unless it is fixed
