@@ -7,6 +7,7 @@
       trial_<id>/            one Ray trial: params.json (its config), result.json (a JSON line per
                              report), error.txt (when it raised), checkpoint_NNNNNN/ (its state)
       wandb/                 W&B runs (offline ones: offline-run-*)
+      search.log             the libraries' own output during the search (--verbose shows it)
       analysis/              what the analysis commands write by default
 
 Every reader and writer of a study (search, resume, tracking, analysis, tests) goes through here.
@@ -28,6 +29,7 @@ PARAMS = "params.json"
 ERROR = "error.txt"
 CHECKPOINT = re.compile(r"checkpoint_(\d{6})")
 WANDB = "wandb"
+SEARCH_LOG = "search.log"  # Ray's, Optuna's and W&B's own output during the search
 ANALYSIS = "analysis"
 
 
@@ -107,6 +109,10 @@ def search_gen_states(study_dir: str | Path) -> list[Path]:
 
 def wandb_dir(study_dir: str | Path) -> Path:
     return Path(study_dir) / WANDB
+
+
+def search_log(study_dir: str | Path) -> Path:
+    return Path(study_dir) / SEARCH_LOG
 
 
 def analysis_dir(study_dir: str | Path) -> Path:

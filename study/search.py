@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "kept, running ones continue from their last checkpoint")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a crashed trial, each from its last checkpoint")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's own console output (its trial tables, worker logs) instead of the "
+                   f"study's view; otherwise it goes to the study folder's {layout.SEARCH_LOG}")
     p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
                    help="a trial checkpoints at the first epoch end this many seconds after its "
                    f"last checkpoint, and at its end (default {CHECKPOINT_EVERY:g}; 0: every "
@@ -169,15 +172,15 @@ def trial_dirname(trial) -> str:
     return layout.trial_dirname(trial.trial_id)
 
 
-def init_ray(address: str | None, env: dict[str, str]) -> None:
+def init_ray(address: str | None, env: dict[str, str], verbose: bool = False) -> None:
     import ray
 
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
     else:  # local, no dashboard. Ray 2.60 turns a 127.0.0.1 node address into the machine's and
         # binds its gRPC servers to all interfaces regardless; its token auth (on by default)
         # is what guards them (README: Safety, and how to firewall the ports)
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=verbose)
 
 
 def summarize(study_dir: Path) -> str:
@@ -300,15 +303,22 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import tune
 
+    from study.console import StudyConsole, quiet_libraries
     from study.resume import CheckpointRepair, reconcile_optuna, set_total_samples
     from study.trainable import run_trial
 
-    init_ray(args.address, env)
+    if not args.resume and not args.address:
+        _create_study(study_dir, info)
+    if not args.verbose and study_dir.is_dir():
+        quiet_libraries(layout.search_log(study_dir))
+    init_ray(args.address, env, args.verbose)
     try:
-        if args.address:
+        if args.address:  # the cluster's resources are known once joined
             check_resources(info["cpus_per_trial"], info["gpus_per_trial"], _cluster_nodes())
-        if not args.resume:
-            _create_study(study_dir, info)
+            if not args.resume:
+                _create_study(study_dir, info)
+                if not args.verbose:
+                    quiet_libraries(layout.search_log(study_dir))
         trainable = tune.with_resources(tune.with_parameters(
             run_trial, data=data, checkpoint_every=info.get("checkpoint_every", 0.0)),
                                         {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]})
@@ -328,11 +338,16 @@ def run(args: argparse.Namespace) -> int:
                     num_samples=info["num_samples"], max_concurrent_trials=args.max_concurrent or None,
                     reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(study_dir.parent), verbose=1,
+                    name=name, storage_path=str(study_dir.parent), verbose=int(args.verbose),
                     callbacks=[tracking.logger_callback(study_dir, name, args.method, info["dataset"]),
-                               CheckpointRepair()],
+                               CheckpointRepair(),
+                               StudyConsole(list(space.search), info["num_samples"])],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+        print(f"study {name}: {args.method} on {info['dataset']}, {info['num_samples']} trials; "
+              f"folder {study_dir}" + ("" if args.verbose else
+                                       f"; libraries' output in {layout.search_log(study_dir)}"),
+              flush=True)
         if mode == "offline":
             print(f"W&B is offline (no credentials): runs go to {layout.wandb_dir(study_dir)}; sync "
                   f"them later with `wandb sync {layout.wandb_dir(study_dir)}/offline-run-*`", flush=True)
@@ -356,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a diverged trial's last report has no objectives (Optuna records it as pruned): allowed
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if not args.verbose:  # Ray's newer console output prints its heading even when silent
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         return run(args)
     except (ConfigError, DataError) as e:
