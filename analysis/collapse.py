@@ -9,7 +9,10 @@ that fires:
 - `low_kl`: the posterior's KL per latent dimension (`vae/end/kl` over the dimensions of
   `vae/end/kl_per_dim/*`) is below `kl_per_dim` nats: the encoder tells the decoder almost nothing;
 - `chance_accuracy`: validation accuracy at the end of the VAE phase within `chance_margin` of
-  chance, 1 / the trial's `num_classes`.
+  chance, 1 / the trial's `num_classes` (study.metrics.near_chance).
+A trial the trainable ended as degenerate during its VAE phase never reported `vae/end/*`: its VAE
+phase ended at its last report, so its last `vae/active_units`, `vae/kl`, `vae/kl_per_dim/*` and
+`val_accuracy` stand in for them (filled into `vae/end/*` of the flagged table).
 `python -m analysis.collapse STUDY...` prints the flags per trial, then per beta bin the collapsed
 fraction, the MIG (dsprites trials) and the accuracies, at the VAE's end and the trial's.
 """
@@ -22,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import StudyError, load_results
+from study.metrics import CHANCE_MARGIN, near_chance
 
 KL_PER_DIM = 0.01  # nats per latent dimension: below it a dimension carries ~no information
-CHANCE_MARGIN = 0.02  # absolute accuracy above 1 / classes still counted as chance
 
 
 def _numeric(df: pd.DataFrame, name: str) -> pd.Series:
@@ -38,12 +41,19 @@ def flag_collapse(df: pd.DataFrame, kl_per_dim: float = KL_PER_DIM,
     trials that never ended a VAE phase get False / ''."""
     out = df.copy()
     is_vae = (out.get("method") == "beta_vae") & (out.get("variant", "vae").fillna("vae") == "vae")
+    ended = out[[c for c in out if c.startswith("vae/end/")]].isna().all(axis=1)
+    fallback = is_vae & (out.get("status") == "degenerate") & ended
+    if fallback.any():  # ended as degenerate in its VAE phase: its last report is the VAE's end
+        stand_in = {c: f"vae/end/{c[len('vae/'):]}" for c in out
+                    if c in ("vae/active_units", "vae/kl") or c.startswith("vae/kl_per_dim/")}
+        for src, dst in {**stand_in, "val_accuracy": "vae/end/val_accuracy"}.items():
+            out[dst] = _numeric(out, dst).where(~fallback, _numeric(out, src))
     dims = out[[c for c in out if c.startswith("vae/end/kl_per_dim/")]].notna().sum(axis=1)
     criteria = {
         "no_active_units": _numeric(out, "vae/end/active_units") == 0,
         "low_kl": (_numeric(out, "vae/end/kl") / dims.where(dims > 0)) < kl_per_dim,
-        "chance_accuracy": _numeric(out, "vae/end/val_accuracy")
-        <= 1.0 / _numeric(out, "num_classes") + chance_margin,
+        "chance_accuracy": near_chance(_numeric(out, "vae/end/val_accuracy"),
+                                       _numeric(out, "num_classes"), chance_margin),
     }
     for name, fired in criteria.items():
         out[f"collapse/{name}"] = fired.fillna(False).astype(bool) & is_vae
@@ -62,7 +72,7 @@ def collapse_by_beta(df: pd.DataFrame) -> pd.DataFrame:
     """Per beta bin (log-spaced over the betas present): trials, collapsed count and fraction, and
     the mean MIG (dsprites trials), accuracy at the end of the VAE phase and final accuracies."""
     columns = ["beta", "trials", "collapsed", "fraction", *BY_BETA.values()]
-    vae = df[df["status"].isin(["complete", "diverged"]) & (df.get("method") == "beta_vae")
+    vae = df[df["status"].isin(["complete", "diverged", "degenerate"]) & (df.get("method") == "beta_vae")
              & (df.get("variant", "vae").fillna("vae") == "vae") & df["config/beta"].notna()]
     if vae.empty:
         return pd.DataFrame(columns=columns)

@@ -2,7 +2,8 @@
 
 Writes one YAML per chosen trial: `config` (every setting the trial ran with, ready for
 `python -m study.train FILE.yaml`) and `provenance` (study, trial id, its metrics, the CPU threads
-it ran on so a CPU retrain reproduces it). Only complete trials are chosen.
+it ran on so a CPU retrain reproduces it). Only complete trials are chosen, never one at chance
+validation accuracy (<= 1 / num_classes + `--chance-margin`; the command says how many it left out).
 - knee: per front (method, dataset, model), the point farthest from the line joining the front's
   two ends on the side away from the origin (objectives scaled to [0, 1] over the front); top-k
   takes the next farthest;
@@ -20,9 +21,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.pareto import front, group_name
+from analysis.pareto import add_chance_margin, at_chance, chance_line, front, group_name
 from analysis.results import StudyError, load_results, study_info
-from study.metrics import FINAL, OBJECTIVES
+from study.metrics import CHANCE_MARGIN, FINAL, OBJECTIVES
 
 PICKS = ("knee", "max-accuracy", "min-size")
 
@@ -50,9 +51,9 @@ def knee_order(f: pd.DataFrame) -> pd.DataFrame:
 
 
 def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
-           min_accuracy: float = 0.0) -> pd.DataFrame:
-    done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)].dropna(
-        subset=list(OBJECTIVES))
+           min_accuracy: float = 0.0, chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
+    done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)
+              & ~at_chance(df, chance_margin)].dropna(subset=list(OBJECTIVES))
     if pick == "knee":  # the knee of each front, then each front's next, and so on
         fronts = [front(g) for _, g in done.groupby(done.apply(group_name, axis=1))]
         per_front = [knee_order(f).assign(_rank=range(len(f))) for f in fronts]
@@ -96,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-accuracy", type=float, default=0.0, help="for --pick min-size")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--out", required=True, help="folder for the YAML files")
+    add_chance_margin(p)
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
-        chosen = choose(load_results(args.studies), args.pick, args.top_k, args.min_sparsity,
-                        args.min_accuracy)
+        df = load_results(args.studies)
+        chosen = choose(df, args.pick, args.top_k, args.min_sparsity, args.min_accuracy,
+                        args.chance_margin)
+        print(chance_line(df, args.chance_margin))
         if chosen.empty:
             raise StudyError(f"no complete trial with sparsity >= {args.min_sparsity} to export")
         out = Path(args.out)

@@ -4,6 +4,9 @@ One front per (method, dataset, model) over all the studies given, never mixing 
 non-dominated complete trials on (val_accuracy, sparsity), their test accuracy beside, and the
 dominated hypervolume (reference point accuracy 0, sparsity 0), one number to compare samplers;
 where a dataset has several (method, model) groups, also their joint front `all/<dataset>`.
+Complete trials at chance validation accuracy (<= 1 / num_classes + `--chance-margin`) are left
+out of fronts and hypervolumes (a dead network is trivially sparse), and the command says how many;
+degenerate trials (ended early) never count either. Both are drawn apart in the plots.
 Writes `pareto.csv`, `pareto.png` and `pareto.html` (default: the first study's `analysis/`
 folder), prints the fronts, and logs them to a summary run in the study's W&B group (offline
 without credentials).
@@ -19,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from study import layout
-from study.metrics import OBJECTIVES
+from study.metrics import CHANCE_MARGIN, OBJECTIVES, near_chance
 
 GROUP = ("method", "dataset", "model")  # a front compares like with like: one of each at a time
 
@@ -27,6 +30,37 @@ GROUP = ("method", "dataset", "model")  # a front compares like with like: one o
 def group_name(row: pd.Series | dict) -> str:
     """The front a trial belongs to: `method/dataset/model`."""
     return "/".join("-" if pd.isna(row.get(k)) else str(row[k]) for k in GROUP)
+
+
+def at_chance(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> pd.Series:
+    """True for the complete trials whose val_accuracy is near chance (study.metrics.near_chance);
+    a trial without `num_classes` is never flagged."""
+    if df.empty or not {"status", "val_accuracy", "num_classes"} <= set(df.columns):
+        return pd.Series(False, index=df.index)
+    chance = near_chance(pd.to_numeric(df["val_accuracy"], errors="coerce"),
+                         pd.to_numeric(df["num_classes"], errors="coerce"), margin)
+    return (df["status"] == "complete") & chance  # NaN compares False: never flagged
+
+
+def chance_line(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> str:
+    """The one line that says how many complete trials fronts and exports left out, and why."""
+    n = int(at_chance(df, margin).sum())
+    return (f"left out {n} complete trial{'s' * (n != 1)} at chance accuracy "
+            f"(val_accuracy <= 1/classes + {margin:g})")
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def add_chance_margin(parser: argparse.ArgumentParser) -> None:
+    """The `--chance-margin` flag of the commands that leave chance-level trials out."""
+    parser.add_argument("--chance-margin", type=_margin, default=CHANCE_MARGIN, metavar="M",
+                        help="leave out complete trials with val_accuracy <= 1/classes + M "
+                             f"(default: {CHANCE_MARGIN})")
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -67,32 +101,48 @@ def hypervolume_2d(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.
     return float(area)
 
 
-def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> tuple[pd.DataFrame, pd.DataFrame]:
+def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
+           chance_margin: float = CHANCE_MARGIN) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(front rows, with a `front` column naming their group `method/dataset/model` or the joint
-    front `all/<dataset>`; one row per front with its trials, size and hypervolume) over the
-    complete trials of df."""
+    front `all/<dataset>`; one row per front with `trials` (those the front and its hypervolume
+    are over), `left_out_chance` (complete trials at chance, left out: `at_chance`), size and
+    hypervolume) over the complete trials of df. A group whose trials are all at chance keeps its
+    row, with an empty front; the `all/` rows count their groups' trials again."""
     missing = [m for m in objectives if m not in df.columns]
     if missing:
         raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
     done = df[df["status"] == "complete"].dropna(subset=list(objectives))
-    done = done.assign(**{k: done[k].fillna("-") if k in done else "-" for k in GROUP})
+    done = done.assign(**{k: done[k].fillna("-") if k in done else "-" for k in GROUP},
+                       _chance=at_chance(done, chance_margin))
     groups = [("/".join(map(str, key)), g) for key, g in done.groupby(list(GROUP), sort=True)]
     for dataset, g in done.groupby("dataset", sort=True):
         if g[["method", "model"]].drop_duplicates().shape[0] > 1:
             groups.append((f"all/{dataset}", g))
     parts, volumes = [], []
     for name, group in groups:
-        parts.append(front(group, objectives).assign(front=name))
+        kept = group[~group["_chance"]].drop(columns="_chance")
+        parts.append(front(kept, objectives).assign(front=name))
         volumes.append({"front": name, "method": group["method"].iloc[0] if not name.startswith("all/")
-                        else "all", "dataset": group["dataset"].iloc[0], "trials": len(group),
-                        "front_size": len(parts[-1]),
-                        "hypervolume": hypervolume_2d(group[list(objectives)].to_numpy())})
-    table = pd.concat(parts, ignore_index=True) if parts else done.assign(front=[])
-    return table, pd.DataFrame(volumes, columns=["front", "method", "dataset", "trials", "front_size",
-                                                 "hypervolume"])
+                        else "all", "dataset": group["dataset"].iloc[0], "trials": len(kept),
+                        "left_out_chance": int(group["_chance"].sum()), "front_size": len(parts[-1]),
+                        "hypervolume": hypervolume_2d(kept[list(objectives)].to_numpy())})
+    parts = [p for p in parts if len(p)]
+    table = (pd.concat(parts, ignore_index=True) if parts
+             else done.drop(columns="_chance").iloc[:0].assign(front=[]))
+    return table, pd.DataFrame(volumes, columns=["front", "method", "dataset", "trials",
+                                                 "left_out_chance", "front_size", "hypervolume"])
 
 
-def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES) -> None:
+APART = "degenerate / at chance (not on the front)"  # the plots' label for trials kept apart
+
+
+def kept_apart(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> pd.Series:
+    """True for the trials the plots draw apart: degenerate, or complete at chance."""
+    return (df["status"] == "degenerate") | at_chance(df, margin)
+
+
+def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES,
+             chance_margin: float = CHANCE_MARGIN) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,6 +151,10 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
     y, x = objectives
     fig, ax = plt.subplots(figsize=(7, 5))
     data = df.dropna(subset=list(objectives))
+    apart = kept_apart(data, chance_margin)
+    if apart.any():
+        ax.scatter(data.loc[apart, x], data.loc[apart, y], s=30, marker="x", color="0.6", label=APART)
+    data = data[~apart]
     for i, (name, group) in enumerate(data.groupby(data.apply(group_name, axis=1))):
         color = f"C{i}"
         ax.scatter(group[x], group[y], s=18, alpha=0.5, color=color, label=f"{name} trials")
@@ -120,19 +174,28 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
     plt.close(fig)
 
 
-def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES) -> None:
+def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES,
+              chance_margin: float = CHANCE_MARGIN) -> None:
     import plotly.graph_objects as go
 
     y, x = objectives
     fig = go.Figure()
     data = df.dropna(subset=list(objectives))
-    hover = [c for c in data.columns if c.startswith("config/") or c in ("trial_id", "study",
-                                                                            "test_accuracy", "collapse")]
-    for name, group in data.groupby(data.apply(group_name, axis=1)):
+    hover = [c for c in data.columns if c.startswith("config/") or c in (
+        "trial_id", "study", "status", "degenerate_reason", "test_accuracy", "collapse")]
+
+    def points(rows: pd.DataFrame, name: str, **style) -> None:
         fig.add_trace(go.Scatter(
-            x=group[x], y=group[y], mode="markers", name=f"{name} trials",
-            customdata=group[hover].astype(str).to_numpy(),
+            x=rows[x], y=rows[y], mode="markers", name=name, **style,
+            customdata=rows[hover].astype(str).to_numpy(),
             hovertemplate="<br>".join(f"{c}: %{{customdata[{i}]}}" for i, c in enumerate(hover))))
+
+    apart = kept_apart(data, chance_margin)
+    if apart.any():
+        points(data[apart], APART, marker={"symbol": "x", "color": "grey"})
+    data = data[~apart]
+    for name, group in data.groupby(data.apply(group_name, axis=1)):
+        points(group, f"{name} trials")
         f = table[table["front"] == name].sort_values(x)
         fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="lines", line_shape="hv",
                                  name=f"{name} front"))
@@ -163,7 +226,7 @@ def log_to_wandb(table: pd.DataFrame, study_dir: Path, info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from analysis.collapse import flag_collapse
-    from analysis.results import StudyError, load_results, study_info
+    from analysis.results import StudyError, load_results, saved_line, study_info
 
     p = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", help="study folders")
@@ -171,23 +234,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="two metrics to maximize (default: val_accuracy sparsity)")
     p.add_argument("--out", help="output folder (default: FIRST_STUDY/analysis)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the front to W&B")
+    add_chance_margin(p)
     args = p.parse_args(argv)
-    objectives = tuple(args.objectives)
+    objectives, margin = tuple(args.objectives), args.chance_margin
     try:
-        df = flag_collapse(load_results(args.studies))
-        table, volumes = fronts(df, objectives)
+        df = flag_collapse(load_results(args.studies), chance_margin=margin)
+        table, volumes = fronts(df, objectives, margin)
     except (StudyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else layout.analysis_dir(args.studies[0])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "pareto.csv", index=False)
-    plot_png(df, table, out / "pareto.png", objectives)
-    plot_html(df, table, out / "pareto.html", objectives)
-    show = ["front", "study", "trial_id", *objectives, "test_accuracy", "collapse"] + sorted(
+    plot_png(df, table, out / "pareto.png", objectives, margin)
+    plot_html(df, table, out / "pareto.html", objectives, margin)
+    show = ["front", "study", "trial_id", *objectives, "test_accuracy", "collapse",
+            "reparam/target_missed"] + sorted(
         c for c in df.columns if c.startswith("config/") and df[c].nunique(dropna=True) > 1)
     counts = df["status"].value_counts().to_dict()
     print(f"{len(df)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    print(chance_line(df, margin))
+    if saved_line(df):
+        print(saved_line(df))
     print(table[[c for c in show if c in table]].to_string(
         index=False, float_format=lambda v: f"{v:.4g}"))
     print()

@@ -3,8 +3,10 @@
 A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, model, status, every
 setting as `config/<key>`, and every metric at its last reported value (`epoch` tells how far the
 trial got). Status: `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
-`failed` (raised, or Optuna recorded it failed), `running` (neither: still running, or
-interrupted). Trials still running or half-written are read as far as they go.
+`degenerate` (ended early by the trainable: chance accuracy for `degenerate_epochs` epochs, or a
+dead network; `degenerate_reason` says which), `failed` (raised, or Optuna recorded it failed),
+`running` (none of these: still running, or interrupted). Trials still running or half-written
+are read as far as they go.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pandas as pd
 
 from study import layout
 
-STATUSES = ("complete", "diverged", "failed", "running")
+STATUSES = ("complete", "diverged", "degenerate", "failed", "running")
 
 
 class StudyError(ValueError):
@@ -48,6 +50,8 @@ def _optuna_trials(study_dir: Path) -> dict[str, Any]:
 def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
     if last.get("diverged"):
         return "diverged"
+    if last.get("degenerate"):  # ended early, without a test accuracy
+        return "degenerate"
     if "test_accuracy" in last:  # the final report: complete, even after an earlier error
         return "complete"
     if layout.trial_errored(trial_dir) or (
@@ -83,6 +87,32 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
             **{k: v for k, v in last.items() if not isinstance(v, (dict, list))},
         })
     return pd.DataFrame(rows)
+
+
+def compute_saved(df: pd.DataFrame) -> dict[str, float]:
+    """What ending degenerate trials early saved: `degenerate` (trials), `epochs_run`,
+    `epochs_saved` (sum of `total_epochs` - `epoch`) and `seconds_saved` (each trial's epochs saved
+    times its mean epoch time, Ray's `time_total_s` / `epoch`; trials without it add no seconds)."""
+    rows = df[df["status"] == "degenerate"] if "status" in df else df.iloc[:0]
+
+    def col(name: str) -> pd.Series:
+        return pd.to_numeric(rows[name], errors="coerce") if name in rows else pd.Series(
+            float("nan"), rows.index)
+
+    epoch = col("epoch")
+    saved = (col("total_epochs") - epoch).clip(lower=0)
+    seconds = saved * col("time_total_s") / epoch.where(epoch > 0)
+    return {"degenerate": len(rows), "epochs_run": int(epoch.fillna(0).sum()),
+            "epochs_saved": int(saved.fillna(0).sum()), "seconds_saved": float(seconds.fillna(0).sum())}
+
+
+def saved_line(df: pd.DataFrame) -> str:
+    """'N degenerate trials ended early, saving E epochs (~S s)', or '' when there is none."""
+    s = compute_saved(df)
+    if not s["degenerate"]:
+        return ""
+    return (f"{s['degenerate']} degenerate trial{'s' * (s['degenerate'] != 1)} ended early, saving "
+            f"{s['epochs_saved']} epochs (~{s['seconds_saved']:.0f} s)")
 
 
 def load_results(study_dirs: list[str | Path]) -> pd.DataFrame:
