@@ -83,6 +83,7 @@ def export(row: pd.Series, pick: str, out: Path) -> Path:
         "study": row["study"], "study_dir": row["study_dir"], "trial_id": row["trial_id"],
         "optuna_number": None if pd.isna(row["optuna_number"]) else int(row["optuna_number"]),
         "pick": pick, "threads": max(1, int(info.get("cpus_per_trial", 1))),
+        "data_dir": info.get("data_dir"),  # `prunestudy train` reads the data from here by default
         "metrics": {m: _plain(row[m]) for m in (*FINAL, "epoch") if m in row and pd.notna(row[m])}}}
     path = out / f"{row['study']}-{row['trial_id']}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

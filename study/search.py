@@ -186,16 +186,22 @@ def init_ray(address: str | None, env: dict[str, str], verbose: bool = False) ->
 def summarize(study_dir: Path) -> str:
     """The finished trials' Pareto fronts, one per (method, dataset, model), with test accuracy and
     the settings that differ between trials beside; read back from the study folder as
-    `analysis.pareto` reads it, so a trial that failed or diverged part-way is never a point."""
-    from analysis.pareto import fronts
-    from analysis.results import load_study
+    `analysis.pareto` reads it, so a trial that failed, diverged or was degenerate is never a
+    point, nor is a finished one at chance accuracy (counted on a line of its own)."""
+    from analysis.pareto import at_chance, chance_line, fronts
+    from analysis.results import load_study, saved_line
 
     df = load_study(study_dir)
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items()) if len(df) else "none"
+    notes = [line for line in (saved_line(df) if len(df) else "",
+                               chance_line(df) if len(df) and at_chance(df).any() else "") if line]
+    counts = "\n".join([counts, *notes])
     done = df[df["status"] == "complete"] if len(df) else df
     if done.empty:
         return f"no trial finished (trials: {counts})"
     table, volumes = fronts(df)
+    if table.empty:
+        return f"trials: {counts}\nno front: every finished trial is at chance accuracy"
     trials = dict(zip(volumes["front"], volumes["trials"], strict=True))
     searched = [c for c in done.columns if c.startswith("config/") and done[c].nunique(dropna=True) > 1]
     cols = ["trial_id", *OBJECTIVES, "test_accuracy", *searched]
