@@ -308,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
     mode, env = tracking.configure(study_dir)
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from study.console import StudyConsole, quiet_libraries
     from study.resume import CheckpointRepair, reconcile_optuna, set_total_samples
@@ -346,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(study_dir.parent), verbose=int(args.verbose),
                     callbacks=[tracking.logger_callback(study_dir, name, args.method, info["dataset"]),
-                               CheckpointRepair(),
+                               CheckpointRepair(), JsonLoggerCallback(),
                                StudyConsole(list(space.search), info["num_samples"])],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
@@ -377,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a diverged trial's last report has no objectives (Optuna records it as pruned): allowed
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # of Ray's default loggers only the JSON one (result.json, params.json) is read: no CSV or
+    # TensorBoard files written at every report
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if not args.verbose:  # Ray's newer console output prints its heading even when silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
