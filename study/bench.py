@@ -292,7 +292,8 @@ def bench_importance_curve(args: argparse.Namespace) -> None:
 
 PARTS = {"epoch_seconds": "training", "eval_seconds": "evaluation (val, test)",
          "diagnostics_seconds": "method diagnostics", "size_seconds": "size metrics",
-         "save_seconds": "checkpoint save", "report_seconds": "Ray report (+ checkpoint persist)"}
+         "save_seconds": "checkpoint save", "report_seconds": "Ray report (+ checkpoint persist)",
+         "checkpoint_seconds": "checkpoint save + Ray report (older versions)"}
 
 
 def bare_trial(config: dict[str, Any], data, epochs: int) -> tuple[float, float]:
@@ -331,18 +332,21 @@ def bench_overhead(args: argparse.Namespace) -> None:
 
     from study import layout, search
 
-    storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-overhead-"))
-    name = f"overhead-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
-            str(args.data_dir), "--num-samples", str(args.num_samples), "--seed", str(args.seed),
-            "--max-concurrent", str(args.max_concurrent), *args.search_args]
-    for kv in args.set:
-        argv += ["--set", kv]
-    t0 = time.time()
-    if search.main(argv) != 0:
-        raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
-    harness = time.time() - t0
-    study_dir = storage / name
+    if args.study:  # a study run before (e.g. by an older version), timed from outside
+        study_dir, harness = Path(args.study), args.harness_seconds
+    else:
+        storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-overhead-"))
+        name = f"overhead-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
+                str(args.data_dir), "--num-samples", str(args.num_samples), "--seed", str(args.seed),
+                "--max-concurrent", str(args.max_concurrent), *args.search_args]
+        for kv in args.set:
+            argv += ["--set", kv]
+        t0 = time.time()
+        if search.main(argv) != 0:
+            raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
+        harness = time.time() - t0
+        study_dir = storage / name
     trials = []
     for _, trial_dir in layout.trial_dirs(study_dir):
         history = layout.trial_history(trial_dir)
@@ -416,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--storage-dir", help="where the study goes (default: a temporary folder)")
     o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    o.add_argument("--study", help="measure the bare side of this finished study instead of running "
+                   "one (with --harness-seconds, its wall time measured from outside)")
+    o.add_argument("--harness-seconds", type=float, default=float("nan"))
     o.add_argument("search_args", nargs=argparse.REMAINDER,
                    help="after --: more flags for study.search (e.g. -- --checkpoint-every 60)")
     args = p.parse_args(argv)
