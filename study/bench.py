@@ -5,6 +5,7 @@
     python -m study.bench reparam-table --rates 0.9 0.99                # dupont2021 Tables 1-2
     python -m study.bench importance-curve --seeds 3                    # reddy Fig. 1 / Table 1
     python -m study.bench overhead beta_vae                             # harness vs bare training
+    python -m study.bench throughput beta_vae --per-device 1 2 4 8      # packed trials per device
 
 Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
 """
@@ -378,6 +379,44 @@ def bench_overhead(args: argparse.Namespace) -> None:
                       **{k: round(v, 2) for k, v in parts.items() if k != "training"}}))
 
 
+def bench_throughput(args: argparse.Namespace) -> None:
+    """Studies of k trials packed on one device (a GPU shared by k, or the CPUs split k ways), one
+    per k: trials per hour and training samples per second, from the study's wall time."""
+    import tempfile
+
+    from study import layout, search
+
+    storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-throughput-"))
+    gpu = torch.cuda.is_available() and not args.cpu
+    rows = []
+    for k in args.per_device:
+        name = f"throughput-{args.method}-{k}"
+        share = ["--gpus-per-trial", f"{1 / k:g}", "--cpus-per-trial", f"{max(1, (os.cpu_count() or 1) // k)}"
+                 ] if gpu else ["--cpus-per-trial", f"{(os.cpu_count() or 1) / k:g}"]
+        argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
+                str(args.data_dir), "--num-samples", str(k), "--max-concurrent", str(k),
+                "--seed", str(args.seed), *share]
+        for kv in args.set:
+            argv += ["--set", kv]
+        t0 = time.time()
+        if search.main(argv) != 0:
+            raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
+        wall = time.time() - t0
+        samples = 0
+        for _, trial_dir in layout.trial_dirs(storage / name):
+            config, history = layout.trial_params(trial_dir), layout.trial_history(trial_dir)
+            subset = config.get("train_subset") or 0
+            samples += (subset or 54000) * (history[-1]["epoch"] if history else 0)
+        rows.append({"per_device": k, "device": "cuda" if gpu else f"cpu x{os.cpu_count()}",
+                     "wall_seconds": round(wall, 1), "trials_per_hour": round(k / wall * 3600, 1),
+                     "samples_per_second": round(samples / wall, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["trials_per_hour"]
+    print("\n".join(f"{r['per_device']} per device: {r['trials_per_hour']:.1f} trials/h "
+                     f"({r['trials_per_hour'] / base:.2f}x of {rows[0]['per_device']}), "
+                     f"{r['samples_per_second']:.0f} samples/s" for r in rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -425,13 +464,21 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--harness-seconds", type=float, default=float("nan"))
     o.add_argument("search_args", nargs=argparse.REMAINDER,
                    help="after --: more flags for study.search (e.g. -- --checkpoint-every 60)")
+    h = sub.add_parser("throughput", help="k trials packed per device (GPU fraction or CPU share): "
+                       "trials per hour and samples per second for each k")
+    h.add_argument("method", choices=sorted(METHODS))
+    h.add_argument("--per-device", nargs="+", type=int, default=[1, 2, 4, 8])
+    h.add_argument("--cpu", action="store_true", help="pack on the CPUs even when a GPU exists")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--storage-dir", help="where the studies go (default: a temporary folder)")
+    h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
     if getattr(args, "search_args", None) and args.search_args[0] == "--":
         args.search_args = args.search_args[1:]
     {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
      "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve,
-     "overhead": bench_overhead}[args.bench](args)
+     "overhead": bench_overhead, "throughput": bench_throughput}[args.bench](args)
     return 0
 
 
