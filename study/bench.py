@@ -15,6 +15,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -340,7 +341,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
         name = f"overhead-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
         argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
                 str(args.data_dir), "--num-samples", str(args.num_samples), "--seed", str(args.seed),
-                "--max-concurrent", str(args.max_concurrent), *args.search_args]
+                "--max-concurrent", str(args.max_concurrent), *shlex.split(args.search_flags)]
         for kv in args.set:
             argv += ["--set", kv]
         t0 = time.time()
@@ -462,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--study", help="measure the bare side of this finished study instead of running "
                    "one (with --harness-seconds, its wall time measured from outside)")
     o.add_argument("--harness-seconds", type=float, default=float("nan"))
-    o.add_argument("search_args", nargs=argparse.REMAINDER,
-                   help="after --: more flags for study.search (e.g. -- --checkpoint-every 60)")
+    o.add_argument("--search-flags", default="", metavar="'FLAGS'",
+                   help="more flags for study.search, quoted (e.g. '--checkpoint-every 60')")
     h = sub.add_parser("throughput", help="k trials packed per device (GPU fraction or CPU share): "
                        "trials per hour and samples per second for each k")
     h.add_argument("method", choices=sorted(METHODS))
@@ -474,8 +475,6 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
-    if getattr(args, "search_args", None) and args.search_args[0] == "--":
-        args.search_args = args.search_args[1:]
     {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
      "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve,
      "overhead": bench_overhead, "throughput": bench_throughput}[args.bench](args)
