@@ -2,7 +2,8 @@
 
 The suite's real Ray studies (Ray Tune + OptunaSearch + W&B offline, real training) are background
 studies: functions registered with `@background_study(NAME)`, started in worker threads when the
-session starts and run while the in-process tests run. A test that reads one is marked
+session starts and run, STUDY_LANES at a time, while the in-process tests run (torch in this
+process on one thread, beside them). A test that reads one is marked
 `@pytest.mark.study(NAME)` (or uses the `tiny_study` fixture); such tests run last, and
 `studies.result(NAME)` waits for the study. Only the studies of selected tests are started.
 """
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# torch in this process runs one thread: the machine's other core runs the background studies,
+# and two OpenMP threads on a busy core spin at each barrier (measured: a 17x slower reparam trial)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("PRUNESTUDY_TEST_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
@@ -92,6 +97,36 @@ def ray_pids(marker: str | Path = "raylet|gcs_server") -> set[int]:
     out = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True,
                          check=False).stdout
     return {int(p) for p in out.split()} - {os.getpid()}
+
+
+def ray_env_pids(ray_dir: Path) -> set[int]:
+    """Every process started with RAY_TMPDIR=ray_dir, Ray's workers too (their titles, such as
+    `ray::FlushingLoggingActor`, do not name the folder)."""
+    entry, pids = f"RAY_TMPDIR={ray_dir}".encode(), set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and entry in (proc / "environ").read_bytes().split(b"\0"):
+                pids.add(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            pass
+    return pids - {os.getpid()}
+
+
+def end_stragglers(ray_dir: Path, grace: float = 15) -> list[str]:
+    """Waits up to `grace` seconds for the processes of a finished study's RAY_TMPDIR to end, then
+    kills the rest; returns what each of those was (pid and title)."""
+    end = time.time() + grace
+    while ray_env_pids(ray_dir) and time.time() < end:
+        time.sleep(0.5)
+    left = []
+    for pid in ray_env_pids(ray_dir):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            left.append(f"{pid} {title}")
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return left
 
 
 def _module_env(base: dict[str, str], extra: dict[str, str] | None) -> dict[str, str]:
@@ -179,7 +214,7 @@ def dsprites(data_dir):
 
 # --- background studies --------------------------------------------------------------------------
 
-STUDY_LANES = 2  # background studies at once (each a Ray driver and its trials), beside the tests
+STUDY_LANES = 3  # background studies at once (each a Ray driver and its trials), beside the tests
 _STUDIES: dict[str, tuple[float, Callable[[StudyContext], Any]]] = {}  # name -> (cost, job)
 
 
@@ -190,6 +225,14 @@ def background_study(name: str, cost: float):
         _STUDIES[name] = (cost, job)
         return job
     return register
+
+
+def _registry() -> dict[str, tuple[float, Callable[[StudyContext], Any]]]:
+    """The studies registered by the test modules, which import this file as `tests.conftest`
+    (pytest itself loads it as `conftest`: another module, with its own `_STUDIES`)."""
+    import tests.conftest as shared
+
+    return shared._STUDIES
 
 
 class StudyContext:
@@ -241,7 +284,7 @@ class StudyContext:
                 except ProcessLookupError:
                     pass
         for folder in self.ray_dirs:
-            for pid in ray_pids(folder):
+            for pid in ray_pids(folder) | ray_env_pids(folder):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -252,15 +295,28 @@ class Studies:
     """The session's background studies: started once, read by any number of tests."""
 
     def __init__(self, names: list[str], tmp_path_factory, data_dir: Path):
-        unknown = [n for n in names if n not in _STUDIES]
+        registry = _registry()
+        unknown = [n for n in names if n not in registry]
         if unknown:
             raise KeyError(f"no background study named {unknown}")
         env = dict(os.environ)
         self.contexts = {n: StudyContext(n, tmp_path_factory.mktemp(n), data_dir, env) for n in names}
         self._pool = ThreadPoolExecutor(max_workers=STUDY_LANES, thread_name_prefix="study")
         self.futures: dict[str, Future] = {}
-        for name in sorted(names, key=lambda n: -_STUDIES[n][0]):
-            self.futures[name] = self._pool.submit(_STUDIES[name][1], self.contexts[name])
+        self.times: dict[str, tuple[float, float]] = {}  # name -> (start, end), since the session's
+        self.stragglers: list[str] = []  # Ray processes that outlived their study's drivers (killed)
+        self._t0 = time.time()
+        for name in sorted(names, key=lambda n: -registry[n][0]):
+            self.futures[name] = self._pool.submit(self._timed, name, registry[name][1])
+
+    def _timed(self, name: str, job: Callable[[StudyContext], Any]) -> Any:
+        start = time.time() - self._t0
+        try:
+            return job(self.contexts[name])
+        finally:
+            self.times[name] = (start, time.time() - self._t0)
+            for folder in self.contexts[name].ray_dirs:  # nothing of the study outlives it
+                self.stragglers += [f"{name}: {p}" for p in end_stragglers(folder)]
 
     def result(self, name: str, timeout: float = 1200) -> Any:
         if name not in self.futures:
@@ -288,14 +344,33 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     items.sort(key=lambda item: bool(_needed_studies(item)))  # stable: the order otherwise kept
 
 
+_SESSION_STUDIES: list[Studies] = []
+
+
 @pytest.fixture(scope="session")
 def studies(request, tmp_path_factory, data_dir, mnist, _isolated_env):
     """Starts, at the first test, the background studies the selected tests read (`mnist` first:
     MNIST is unpacked into the cache once, before any driver loads it)."""
     names = sorted({n for item in request.session.items for n in _needed_studies(item)})
     running = Studies(names, tmp_path_factory, data_dir)
+    _SESSION_STUDIES.append(running)
     yield running
     running.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """When each background study ran (with --durations), and any Ray process that outlived its
+    study's drivers (killed at the study's end: a leak of study.search, not of the tests)."""
+    if not _SESSION_STUDIES:
+        return
+    running = _SESSION_STUDIES[-1]
+    if terminalreporter.config.getoption("durations", None) is not None:
+        terminalreporter.write_line("background studies (seconds from the first test): " + ", ".join(
+            f"{name} {start:.0f}-{end:.0f}"
+            for name, (start, end) in sorted(running.times.items(), key=lambda x: x[1])))
+    if running.stragglers:
+        terminalreporter.write_line("Ray processes that outlived their study's drivers (killed): "
+                                    + "; ".join(running.stragglers), yellow=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

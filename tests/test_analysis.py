@@ -180,18 +180,28 @@ def test_pareto_command_writes_csv_plots_and_a_wandb_summary(tiny_study, tmp_pat
     assert len(table["data"]) == len(csv) and "val_accuracy" in table["columns"]
 
 
-def test_export_then_retrain_reproduces_the_trial(tiny_study, tmp_path, data_dir):
+def test_export_then_retrain_reproduces_the_trial(tiny_study, tmp_path, data_dir, monkeypatch, capsys):
+    """Both commands in-process (`main(argv)`): study.train sets the exported trial's thread count
+    (OMP_NUM_THREADS, torch's threads), undone after the test."""
+    import torch
+
     study_dir, _, _ = tiny_study
-    proc = run_module("analysis.export", str(study_dir), "--pick", "max-accuracy", "--top-k", "1",
-                      "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = run_main("analysis.export", str(study_dir), "--pick", "max-accuracy", "--top-k", "1",
+                    "--out", str(tmp_path))
+    assert code == 0, capsys.readouterr().err[-2000:]
     (exported,) = tmp_path.glob("*.yaml")
     doc = yaml.safe_load(exported.read_text())
     assert doc["provenance"]["study"] == "tiny" and doc["config"]["method"] == "beta_vae"
     expected = doc["provenance"]["metrics"]
-    proc = run_module("study.train", str(exported), "--data-dir", str(data_dir), "--out",
-                      str(tmp_path / "result.json"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # recorded, so that the test's end removes it again
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    threads = torch.get_num_threads()
+    try:
+        code = run_main("study.train", str(exported), "--data-dir", str(data_dir), "--out",
+                        str(tmp_path / "result.json"))
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, capsys.readouterr().err[-2000:]
     run = json.loads((tmp_path / "result.json").read_text())["runs"][0]
     for metric in ("val_accuracy", "test_accuracy", "sparsity", "nonzero_params"):
         assert run[metric] == pytest.approx(expected[metric], abs=1e-12), metric

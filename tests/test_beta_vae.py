@@ -54,21 +54,21 @@ def test_paper_sized_models():
     assert 2.85e6 < count(cifar.inference_model()) < 2.95e6  # paper: "2.9M"
 
 
-def test_masks_hold_through_fine_tuning_and_a_checkpoint_round_trip(mnist):
+def test_masks_hold_through_fine_tuning_and_a_checkpoint_round_trip(mnist_small):
     reports = []
     config = tiny_config(prune_epochs=2)
-    train(config, mnist, lambda m, d: reports.append((m, load_state(d))))
+    train(config, mnist_small, lambda m, d: reports.append((m, load_state(d))))
     pruned = [(m, s) for m, s in reports if m["phase"] == "prune"]
     assert len(pruned) == 2
     for metrics, _ in pruned:
         assert abs(metrics["prunable_sparsity"] - 0.5) < 1e-3  # fine-tuning never revived a weight
     # restore the state saved after the first fine-tuning epoch into a fresh method
     state = pruned[0][1]
-    method = BetaVAE(BetaVAEConfig(prune_epochs=2), DataInfo(mnist.input_shape, 10, mnist.mean,
-                                                             mnist.std), torch.device("cpu"))
+    method = BetaVAE(BetaVAEConfig(prune_epochs=2), DataInfo(mnist_small.input_shape, 10, mnist_small.mean,
+                                                             mnist_small.std), torch.device("cpu"))
     method.load_state_dict(state["method"])
     model = method.inference_model()
-    model(mnist.val_x[:8].float() / 255)  # the forward pass recomputes weight = orig * mask
+    model(mnist_small.val_x[:8].float() / 255)  # the forward pass recomputes weight = orig * mask
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE):
             mask = module.weight_mask
@@ -77,23 +77,23 @@ def test_masks_hold_through_fine_tuning_and_a_checkpoint_round_trip(mnist):
     # and keep training it: zeros stay zeros
     from study.data import batches
 
-    train_epoch(method, "prune", False, batches(mnist.train_x[:256], mnist.train_y[:256], 64,
+    train_epoch(method, "prune", False, batches(mnist_small.train_x[:256], mnist_small.train_y[:256], 64,
                                                 torch.Generator().manual_seed(0)))
     assert all(abs(float((w == 0).float().mean()) - 0.5) < 0.01
                for w in prunable_weights(method.inference_model()).values())
 
 
-def test_cnn_variant_has_no_decoder_and_no_kl(mnist):
+def test_cnn_variant_has_no_decoder_and_no_kl(mnist_small):
     reports = []
-    train(tiny_config(variant="cnn", layer_sparsity=0.0), mnist, lambda m, d: reports.append(m))
+    train(tiny_config(variant="cnn", layer_sparsity=0.0), mnist_small, lambda m, d: reports.append(m))
     assert [m["phase"] for m in reports] == ["train", "head"]
     assert all("vae/kl" not in m and "train/kl" not in m for m in reports)
     assert reports[-1]["sparsity"] < 1e-3
 
 
-def test_vae_reports_its_diagnostics_each_epoch(mnist):
+def test_vae_reports_its_diagnostics_each_epoch(mnist_small):
     reports = []
-    train(tiny_config(latent_dim=3), mnist, lambda m, d: reports.append(m))
+    train(tiny_config(latent_dim=3), mnist_small, lambda m, d: reports.append(m))
     first = reports[0]
     assert first["phase"] == "train"
     kl_dims = [first[f"vae/kl_per_dim/{j}"] for j in range(3)]
@@ -140,7 +140,7 @@ def _last_values(reports: list[dict]) -> dict:
     return last
 
 
-def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recovers(mnist):
+def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recovers(mnist_small):
     import pandas as pd
 
     from analysis.collapse import flag_collapse
@@ -149,10 +149,10 @@ def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recover
               "layer_sparsity": 0.0, "lr": 3e-3}
     # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior (the case)
     collapsed = []
-    train(tiny_config(**common, beta=20.0, ce_reduction="mean", recon_reduction="mean"), mnist,
+    train(tiny_config(**common, beta=20.0, ce_reduction="mean", recon_reduction="mean"), mnist_small,
           lambda m, d: collapsed.append(m))
     healthy = []
-    train(tiny_config(**common, beta=1.0), mnist, lambda m, d: healthy.append(m))
+    train(tiny_config(**common, beta=1.0), mnist_small, lambda m, d: healthy.append(m))
     for reports in (collapsed, healthy):  # recorded once, at the VAE phase's last epoch
         assert [m["epoch"] for m in reports if "vae/end/kl" in m] == [1]
         assert {"vae/end/val_accuracy", "vae/end/active_units", "vae/end/kl_per_dim/0"} <= set(reports[0])
@@ -189,13 +189,14 @@ def test_mig_is_high_for_latents_that_read_off_one_factor_each_and_near_zero_for
 def test_a_dsprites_trial_reports_mig_once_at_the_end_of_its_vae_phase(dsprites):
     from dataclasses import replace
 
-    # 1,000 validation and test images keep the test fast (64x64 decoding is the cost)
-    small = replace(dsprites, val_x=dsprites.val_x[:1000], val_y=dsprites.val_y[:1000],
-                    val_factors=dsprites.val_factors[:1000], test_x=dsprites.test_x[:1000],
-                    test_y=dsprites.test_y[:1000], test_factors=dsprites.test_factors[:1000])
+    # 500 validation and test images and 128 training ones keep the test fast (64x64 decoding is
+    # the cost); MIG's range and when it is reported do not depend on them
+    small = replace(dsprites, val_x=dsprites.val_x[:500], val_y=dsprites.val_y[:500],
+                    val_factors=dsprites.val_factors[:500], test_x=dsprites.test_x[:500],
+                    test_y=dsprites.test_y[:500], test_factors=dsprites.test_factors[:500])
     reports = []
     config = tiny_config(dataset="dsprites", epochs=2, head_epochs=1, prune_epochs=0, layer_sparsity=0.0,
-                         latent_dim=6, train_subset=256, label_factor="scale")
+                         latent_dim=6, train_subset=128, label_factor="scale")
     train(config, small, lambda m, d: reports.append(m))
     assert [m["epoch"] for m in reports if "vae/mig" in m] == [2]
     assert 0.0 <= reports[1]["vae/mig"] <= 1.0

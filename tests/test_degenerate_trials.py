@@ -13,23 +13,23 @@ def _reparam(**overrides):
             "batch_size": 64, "epochs": 3, **overrides}
 
 
-def test_a_dead_reparam_network_ends_at_its_first_epoch_as_degenerate(mnist):
+def test_a_dead_reparam_network_ends_at_its_first_epoch_as_degenerate(mnist_small):
     # t_init 0.01 with n 8: |t w| ~ 1e-4, so every h_t(w) of Eq. 5 is 0 in float32
-    reports, states = run_recorded(_reparam(t_init=0.01, n=8), mnist)
+    reports, states = run_recorded(_reparam(t_init=0.01, n=8), mnist_small)
     assert [m["epoch"] for m in reports] == [1]
     last = reports[0]
     assert last["degenerate"] == 1 and last["degenerate_reason"] == "dead network"
     assert last["dead_network"] == 1 and last["reparam/dead_layers"] == 3
     assert "test_accuracy" not in last and last["total_epochs"] == 3
     # a resume from its checkpoint (as after a killed driver) trains and reports nothing more
-    again, _ = run_recorded(_reparam(t_init=0.01, n=8), mnist, resume=states[-1])
+    again, _ = run_recorded(_reparam(t_init=0.01, n=8), mnist_small, resume=states[-1])
     assert again == []
     # the paper's t_init is alive, and the same dead start runs to the end with degenerate_epochs 0
-    healthy, _ = run_recorded(_reparam(epochs=1, pruning_rate=0.5), mnist)
+    healthy, _ = run_recorded(_reparam(epochs=1, pruning_rate=0.5), mnist_small)
     assert healthy[-1]["reparam/dead_layers"] == 0 and "dead_network" not in healthy[-1]
     assert healthy[-1]["reparam/target_missed"] == 0
     forced, _ = run_recorded(_reparam(t_init=0.01, n=8, epochs=2, pruning_rate=0.5,
-                                      degenerate_epochs=0), mnist)
+                                      degenerate_epochs=0), mnist_small)
     assert [m["epoch"] for m in forced] == [1, 2] and "degenerate" not in forced[-1]
     # its zeros are not the 50% it asked for: flagged
     assert forced[-1]["prunable_sparsity"] > 0.99 and forced[-1]["reparam/target_missed"] == 1
@@ -37,11 +37,12 @@ def test_a_dead_reparam_network_ends_at_its_first_epoch_as_degenerate(mnist):
 
 @pytest.mark.parametrize("degenerate_epochs, epochs", [(2, [1, 2, 3]), (3, [1, 2, 3, 4]),
                                                        (0, [1, 2, 3, 4, 5])])
-def test_chance_accuracy_for_a_few_epochs_from_the_second_ends_a_trial(mnist, degenerate_epochs, epochs):
+def test_chance_accuracy_for_a_few_epochs_from_the_second_ends_a_trial(mnist_small, degenerate_epochs,
+                                                                         epochs):
     # chance_margin 1 makes every epoch "at chance": the count starts at the second epoch
     config = tiny_config(variant="cnn", epochs=3, head_epochs=1, prune_epochs=1, train_subset=256,
                          chance_margin=1.0, degenerate_epochs=degenerate_epochs)
-    reports, states = run_recorded(config, mnist)
+    reports, states = run_recorded(config, mnist_small)
     assert [m["epoch"] for m in reports] == epochs
     if degenerate_epochs:
         assert reports[-1]["degenerate_reason"] == f"val_accuracy at chance for {degenerate_epochs} epochs"

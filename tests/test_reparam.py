@@ -3,13 +3,10 @@ from __future__ import annotations
 import io
 import math
 
-import optuna
 import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from study import layout
-from study.config import ConfigError
 from study.data import batches
 from study.methods.base import DataInfo
 from study.methods.reparam import (
@@ -27,15 +24,15 @@ from study.methods.reparam import (
 )
 from study.models import build_model
 from study.sparsity import prunable_weights
-from study.tracking import offline_runs, read_offline_run
-from study.trainable import parse_config, train_epoch
-from tests.conftest import assert_same_metrics, ray_pids, ray_tmpdir, run_module, run_recorded
+from study.trainable import train_epoch
+from tests.conftest import run_recorded
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
 
 
 def tiny(**overrides):
-    """A reparam trial small enough for a unit test (LeNet-300-100, 512 MNIST samples)."""
+    """A reparam trial small enough for a unit test (LeNet-300-100, 512 MNIST samples); its
+resume, determinism and bad settings are checked with every method's, in test_contracts."""
     config = {"method": "reparam", "dataset": "mnist", "model": "lenet300", "train_subset": 512,
               "batch_size": 64, "epochs": 2, "finetune_epochs": 1, "pruning_rate": 0.9, "seed": 0}
     config.update(overrides)
@@ -179,8 +176,8 @@ def test_the_pruned_model_is_a_plain_network_that_exports_and_reloads_with_its_z
 
 # --- the method in the trainable -----------------------------------------------------------------
 
-def test_reparam_reports_its_diagnostics_each_epoch_and_prunes_exactly_at_the_end(mnist):
-    reports, states = run_recorded(tiny(epochs=3, pruning_rate=0.8), mnist)
+def test_reparam_reports_its_diagnostics_each_epoch_and_prunes_exactly_at_the_end(mnist_small):
+    reports, states = run_recorded(tiny(epochs=3, pruning_rate=0.8), mnist_small)
     assert [m["phase"] for m in reports] == ["train"] * 3
     for m in reports:
         assert {"reparam/budget_loss", "reparam/surrogate_remaining", "reparam/t/head.0",
@@ -201,27 +198,10 @@ def test_reparam_reports_its_diagnostics_each_epoch_and_prunes_exactly_at_the_en
     assert states[-1]["method"]["stage"] == "pruned"
 
 
-@pytest.mark.parametrize("variant, epochs, finetune, stop_after", [
-    ("reparam", 3, 0, 1),  # mid-training: parametrized state, optimizer, plateau record
-    ("mag_ft", 2, 2, 2),  # phase boundary: the masks are created after the resume
-    ("mag_ft", 2, 2, 3),  # mid-fine-tuning: masks and pre-pruning weights restored
-])
-def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(
-        mnist, variant, epochs, finetune, stop_after):
-    config = tiny(variant=variant, epochs=epochs, finetune_epochs=finetune)
-    whole, _ = run_recorded(config, mnist)
-    first, states = run_recorded(config, mnist, stop_after=stop_after)
-    assert len(first) == stop_after
-    rest, _ = run_recorded(config, mnist, resume=states[-1])
-    assert [m["epoch"] for m in rest] == list(range(stop_after + 1, epochs + finetune + 1))
-    for x, y in zip(whole, first + rest, strict=True):
-        assert_same_metrics(x, y)
-
-
 def test_mag_prunes_at_the_end_and_mag_ft_holds_its_masks_while_fine_tuning(mnist):
     n = 784 * 300 + 300 * 100 + 100 * 10
     exact = round(0.9 * n) / n
-    mag, _ = run_recorded(tiny(variant="mag", epochs=2), mnist)
+    mag, mag_states = run_recorded(tiny(variant="mag", epochs=2), mnist)
     assert [m["phase"] for m in mag] == ["train", "train"]
     assert mag[0]["prunable_sparsity"] == 0 and mag[-1]["prunable_sparsity"] == pytest.approx(exact)
     assert "reparam/budget_loss" not in mag[0]
@@ -234,7 +214,7 @@ def test_mag_prunes_at_the_end_and_mag_ft_holds_its_masks_while_fine_tuning(mnis
     for k, mask in masks[0].items():  # zeros at the end are exactly the masked entries
         assert torch.equal(final[k.replace("_mask", "")] == 0, mask == 0), k
     # mag and mag_ft train identically until pruning: same weights before it
-    mag_before = run_recorded(tiny(variant="mag", epochs=2), mnist)[1][-1]["method"]["before"]
+    mag_before = mag_states[-1]["method"]["before"]
     for k, v in states[-1]["method"]["before"].items():
         assert torch.equal(v, mag_before[k]), k
     # fine-tuning recovers what magnitude pruning lost (validation accuracy)
@@ -248,54 +228,3 @@ def test_early_stopping_freezes_the_weights(mnist):
     i = stopped.index(1)  # the first frozen epoch changed nothing
     before, after = states[i - 1]["method"]["model"], states[i]["method"]["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-@pytest.mark.parametrize("config, message", [
-    (tiny(n=3), "'n' must be one of"),
-    (tiny(variant="l1"), "'variant' must be one of"),
-    (tiny(pruning_rate=1.0), "'pruning_rate' must be in"),
-    (tiny(t_init=0.0), "'t_init' must be in"),
-    (tiny(model="alexnet"), "'model' must be one of"),
-])
-def test_bad_reparam_settings_are_errors_naming_the_key(config, message):
-    with pytest.raises(ConfigError, match=message):
-        parse_config(config)
-
-
-# --- a study through the CLI ---------------------------------------------------------------------
-
-def test_a_two_trial_reparam_study(tmp_path, data_dir):
-    ray_dir = ray_tmpdir()
-    proc = run_module("study.search", "reparam", "--num-samples", "2", "--max-concurrent", "2",
-                      "--name", "tiny", "--storage-dir", str(tmp_path), "--sampler", "random",
-                      "--seed", "3", "--dataset", "mnist", "--set", "epochs=2", "--set",
-                      "train_subset=500", "--data-dir", str(data_dir),
-                      env={"RAY_TMPDIR": str(ray_dir)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    study_dir = tmp_path / "tiny"
-
-    study = optuna.load_study(study_name="tiny", storage=layout.storage_url(study_dir))
-    trials = study.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert all(len(t.values) == 2 for t in trials)
-    assert {"budget_lambda", "n", "t_init", "pruning_rate", "lr"} == set(trials[0].params)
-
-    runs = [read_offline_run(r) for r in offline_runs(study_dir)]
-    runs = [r for r in runs if "pareto" not in r["tags"]]  # analysis may add a summary run
-    assert len(runs) == 2
-    for run in runs:
-        assert set(run["tags"]) == {"reparam", "mnist"}
-        history = [h for h in run["history"] if "epoch" in h]
-        assert [h["epoch"] for h in history] == [1, 2]
-        for h in history:
-            assert {"reparam/budget_loss", "reparam/surrogate_remaining", "reparam/t/head.0",
-                    "reparam/val_accuracy_before_pruning", "val_accuracy", "sparsity"} <= set(h)
-        last = history[-1]
-        assert "test_accuracy" in last
-        rate = run["config"]["pruning_rate"]
-        n = 784 * 300 + 300 * 100 + 100 * 10
-        assert last["prunable_sparsity"] == pytest.approx(round(rate * n) / n, abs=1e-9)
-    finals = sorted((round(r["history"][-1]["val_accuracy"], 9), round(r["history"][-1]["sparsity"], 9))
-                    for r in runs)
-    assert finals == sorted((round(t.values[0], 9), round(t.values[1], 9)) for t in trials)
-    assert not ray_pids(ray_dir)  # no Ray process of this study left behind

@@ -1,51 +1,117 @@
-"""`python -m study.search` end to end, in a subprocess, as users run it (tiny sizes)."""
+"""`python -m study.search` end to end, in a subprocess, as users run it (tiny sizes): one real
+2-trial study per method (tests/conftest.py CLI_STUDIES, started in the background) checked by one
+test against the plumbing every method shares (Ray, Optuna, W&B) and a table of what each method
+reports; bad input in-process, and one real process for the exit code."""
 from __future__ import annotations
+
+import json
 
 import optuna
 import pytest
 
 from study import layout
+from study.config import TrialConfig
 from study.tracking import offline_runs, read_offline_run
 from study.trainable import load_state
-from tests.conftest import run_main, run_module
+from tests.conftest import CLI_STUDIES, PLANTED_KEY, run_main, run_module
+
+LENET300_WEIGHTS = 784 * 300 + 300 * 100 + 100 * 10
 
 
-def _search(*args, data_dir, timeout=600):
-    return run_module("study.search", *args, "--data-dir", str(data_dir), timeout=timeout)
+def _reparam_run(run: dict, history: list[dict]) -> None:
+    rate = run["config"]["pruning_rate"]  # pruned exactly at the end, to the searched rate
+    assert history[-1]["prunable_sparsity"] == pytest.approx(
+        round(rate * LENET300_WEIGHTS) / LENET300_WEIGHTS, abs=1e-9)
 
 
-def test_a_two_trial_beta_vae_study(tiny_study):
-    study_dir, proc, ray_left = tiny_study
+def _importance_run(run: dict, history: list[dict]) -> None:
+    assert history[-1]["sparsity"] > 0  # neurons removed (the objective Optuna holds, below)
+    assert [h["importance/neurons/head.0"] for h in history] == [50, 25]
+    assert [h["importance/neurons/head.2"] for h in history] == [30, 15]
+    assert history[-1]["params"] < history[0]["params"]
+
+
+# what each method's study must show beside the shared plumbing
+EXPECT = {
+    "beta_vae": {
+        "searched": {"beta", "layer_sparsity", "lr"}, "exactly": False, "fixed": {"latent_dim"},
+        # every setting it ran with, defaults included, whether searched, fixed or neither
+        "config": {"latent_dim": 4, "ce_reduction": "sum", "eval_batch_size": TrialConfig.eval_batch_size},
+        "epochs": [1, 2, 3],
+        "first_keys": {"val_accuracy", "sparsity", "vae/kl", "vae/active_units", "params"},
+        "every_keys": set(),
+        "run": None,
+        "final_state": lambda state: state["method"]["pruned"],
+    },
+    "reparam": {
+        "searched": {"budget_lambda", "n", "t_init", "pruning_rate", "lr"}, "exactly": True, "fixed": set(),
+        "config": {}, "epochs": [1, 2], "first_keys": set(),
+        "every_keys": {"reparam/budget_loss", "reparam/surrogate_remaining", "reparam/t/head.0",
+                       "reparam/val_accuracy_before_pruning", "val_accuracy", "sparsity"},
+        "run": _reparam_run,
+        "final_state": lambda state: state["method"]["stage"] == "pruned",
+    },
+    "importance": {
+        "searched": {"lambda1", "lambda2", "lr"}, "exactly": False, "fixed": {"recovery_epochs"},
+        "config": {"recovery_epochs": 0}, "epochs": [1, 2], "first_keys": set(), "every_keys": set(),
+        "run": _importance_run,
+        "final_state": lambda state: state["method"]["widths"] == {"head.0": 25, "head.2": 15},
+    },
+}
+
+
+def test_every_method_has_a_study_and_its_expectations():
+    from study.methods import METHODS
+
+    assert set(CLI_STUDIES) == set(EXPECT) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.study(f"cli-{m}")) for m in EXPECT])
+def test_a_two_trial_study_through_the_cli(studies, method):
+    study_dir, proc, ray_left = studies.result(f"cli-{method}")
+    name, expect = study_dir.name, EXPECT[method]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Pareto front (val_accuracy, sparsity)" in proc.stdout
     assert str(study_dir) in proc.stdout and "wandb sync" in proc.stdout
 
     # Optuna: two complete trials, both objectives, each linked to its Ray trial
-    study = optuna.load_study(study_name="tiny", storage=layout.storage_url(study_dir))
+    study = optuna.load_study(study_name=name, storage=layout.storage_url(study_dir))
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.values) == 2 and 0 <= t.values[1] <= 1 for t in trials)
-    assert {"beta", "layer_sparsity", "lr"} <= set(trials[0].params) and "latent_dim" not in trials[0].params
+    params = set(trials[0].params)
+    assert params == expect["searched"] if expect["exactly"] else expect["searched"] <= params
+    assert not params & expect["fixed"]  # fixed by --set
     ray_ids = {t.user_attrs["ray_trial_id"] for t in trials}
+    info = layout.read_info(study_dir)
+    assert info["method"] == method and info["num_samples"] == 2
+    for t in trials:  # each Optuna trial is its Ray trial: its settings, its final metrics
+        trial_dir = layout.trial_dir(study_dir, t.user_attrs["ray_trial_id"])
+        assert {k: layout.trial_params(trial_dir)[k] for k in t.params} == t.params
+        rows = layout.trial_history(trial_dir)
+        assert [r["epoch"] for r in rows] == expect["epochs"]
+        assert t.values == [rows[-1][m] for m in ("val_accuracy", "sparsity")]
 
     # W&B: one offline run per trial, grouped and tagged, holding every epoch's metrics
     runs = [read_offline_run(r) for r in offline_runs(study_dir)]
     runs = [r for r in runs if "pareto" not in r["tags"]]  # analysis may have added a summary run
     assert len(runs) == 2
     for run in runs:
-        assert run["group"] == "tiny" and set(run["tags"]) == {"beta_vae", "mnist"}
-        assert run["config"]["latent_dim"] == 4
-        # every setting it ran with, defaults included, whether searched, fixed or neither
-        assert run["config"]["ce_reduction"] == "sum" and run["config"]["eval_batch_size"] == 1024
-        epochs = [h["epoch"] for h in run["history"] if "epoch" in h]
-        assert epochs == [1, 2, 3]
-        first, last = run["history"][0], run["history"][-1]
-        assert {"val_accuracy", "sparsity", "vae/kl", "vae/active_units", "params"} <= set(first)
-        assert "test_accuracy" in last and last["epoch"] == 3
-    # the objectives Optuna holds are the final metrics W&B logged
-    finals = sorted((round(r["history"][-1]["val_accuracy"], 9), round(r["history"][-1]["sparsity"], 9))
-                    for r in runs)
+        assert run["group"] == name and set(run["tags"]) == {method, "mnist"}
+        assert {k: run["config"][k] for k in expect["config"]} == expect["config"]
+        history = [h for h in run["history"] if "epoch" in h]
+        assert [h["epoch"] for h in history] == expect["epochs"]
+        assert expect["first_keys"] <= set(history[0])
+        assert all(expect["every_keys"] <= set(h) for h in history)
+        assert "test_accuracy" in history[-1] and "test_accuracy" not in history[0]
+        if expect["run"]:
+            expect["run"](run, history)
+    # W&B holds the settings Optuna chose, and the objectives Optuna holds are the final metrics logged
+    chosen = sorted(json.dumps({k: r["config"][k] for k in params}, sort_keys=True) for r in runs)
+    assert chosen == sorted(json.dumps(t.params, sort_keys=True) for t in trials)
+    finals = sorted((round(h["val_accuracy"], 9), round(h["sparsity"], 9))
+                    for h in ([h for h in r["history"] if "epoch" in h][-1] for r in runs))
     assert finals == sorted((round(t.values[0], 9), round(t.values[1], 9)) for t in trials)
 
     # Ray: each trial's last checkpoint holds the whole state at its last epoch
@@ -53,8 +119,14 @@ def test_a_two_trial_beta_vae_study(tiny_study):
         checkpoints = layout.checkpoints(layout.trial_dir(study_dir, ray_id))
         assert checkpoints, ray_id
         state = load_state(checkpoints[-1])
-        assert state["epoch"] == 3 and state["method"]["pruned"]
+        assert state["epoch"] == expect["epochs"][-1] and expect["final_state"](state), ray_id
     assert not ray_left  # no Ray process left behind
+
+    # the W&B API key planted in the study's environment appears nowhere
+    assert PLANTED_KEY not in proc.stdout and PLANTED_KEY not in proc.stderr
+    for path in study_dir.rglob("*"):
+        if path.is_file():
+            assert PLANTED_KEY.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.parametrize("args, message", [
@@ -72,7 +144,8 @@ def test_bad_input_is_a_one_line_error_and_exit_code_2(tmp_path, data_dir, args,
 
 def test_missing_data_offline_names_the_path(tmp_path):
     """The one check through a real process: `python -m study.search` exits with code 2."""
-    proc = _search("beta_vae", "--storage-dir", str(tmp_path / "runs"), data_dir=tmp_path / "nodata")
+    proc = run_module("study.search", "beta_vae", "--storage-dir", str(tmp_path / "runs"), "--data-dir",
+                      str(tmp_path / "nodata"), timeout=600)
     assert proc.returncode == 2
     assert str(tmp_path / "nodata" / "MNIST") in proc.stderr
     assert not (tmp_path / "runs").exists()

@@ -1,0 +1,276 @@
+"""The contract every pruning method keeps with the trainable, one test per contract, parametrized
+over `study.methods.METHODS` (as Optuna's sampler tests are over samplers): a new method adds its
+row to each table below and is held to the same contracts.
+
+  determinism   the same config and seed give the same metrics and states, bit for bit; another
+                seed differs
+  resume        a trial stopped after epoch k and resumed from the state it saved reports (and
+                saves) what the uninterrupted trial does (stops at phase boundaries where a
+                method has them)
+  round trip    the state the trainable saves loads with torch.load(weights_only=True) and
+                restores the method: the same state back, the same validation accuracy and size;
+                resumed from its final state, a trial trains and reports nothing again
+  bad settings  a one-line ConfigError naming the key
+  no epochs     a schedule without an epoch never starts
+
+  reports       each epoch of the method's schedule reports once, the objectives every time and
+                the test accuracy at the end
+
+Tiny trials on `mnist_small` (1,000 validation images): none of these depends on sizes.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.config import ConfigError
+from study.methods import METHODS
+from study.metrics import accuracy
+from study.sparsity import DenseReference, size_metrics
+from study.trainable import STATE_FILE, parse_config, train
+from tests.conftest import assert_same_metrics
+
+# one tiny trial per method (degenerate_epochs=0: a tiny trial near chance still runs to its end)
+TINY = {
+    "beta_vae": {"method": "beta_vae", "dataset": "mnist", "train_subset": 128, "batch_size": 64,
+                 "epochs": 2, "head_epochs": 1, "prune_epochs": 1, "layer_sparsity": 0.5},
+    "reparam": {"method": "reparam", "dataset": "mnist", "model": "lenet300", "train_subset": 256,
+                "batch_size": 64, "epochs": 2, "finetune_epochs": 1, "pruning_rate": 0.9},
+    # 1 warm-up epoch, 2 rounds (30% then 50%) of a removal epoch and a recovery epoch
+    "importance": {"method": "importance", "dataset": "mnist", "train_subset": 128, "batch_size": 64,
+                   "warmup_epochs": 1, "prune_fraction": 0.3, "target_fraction": 0.5,
+                   "recovery_epochs": 1},
+}
+
+
+def tiny(method: str, **overrides) -> dict:
+    return {**TINY[method], "seed": 0, "degenerate_epochs": 0, **overrides}
+
+
+def test_every_method_has_a_row_in_every_table():
+    tables = {"TINY": TINY, "RESUMES": {c.values[0] for c in RESUMES},
+              "BAD_SETTINGS": {c.values[0] for c in BAD_SETTINGS}, "NO_EPOCHS": NO_EPOCHS}
+    for name, table in tables.items():
+        assert set(table) == set(METHODS), name
+
+
+# --- running a trial, keeping what it saved --------------------------------------------------------
+
+class _Interrupt(Exception):
+    pass
+
+
+def record(config: dict, data, stop_after: int | None = None, resume: dict | None = None):
+    """(reports, states) of a trial; each state as saved with its report, loaded with
+    torch.load(weights_only=True): tensors and plain values only. Stops (as a killed trial would)
+    right after epoch `stop_after`."""
+    reports, states = [], []
+
+    def report(metrics, folder):
+        reports.append(metrics)
+        states.append(torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+                      if folder is not None else None)
+        if metrics["epoch"] == stop_after:
+            raise _Interrupt
+
+    try:  # a copy: a restored optimizer may hold the very tensors it was given, and train them
+        train(config, data, report, resume=copy.deepcopy(resume))
+    except _Interrupt:
+        pass
+    return reports, states
+
+
+_WHOLE: dict[str, tuple[list, list]] = {}
+
+
+def whole(config: dict, data) -> tuple[list, list]:
+    """The uninterrupted trial of `config`, run once per session and shared by the contracts."""
+    key = repr(sorted(config.items()))
+    if key not in _WHOLE:
+        _WHOLE[key] = record(config, data)
+    return _WHOLE[key]
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_each_epoch_of_the_schedule_reports_once_and_only_the_last_the_test_accuracy(mnist_small, method):
+    from study.methods.base import DataInfo
+
+    config = tiny(method)
+    reports, states = whole(config, mnist_small)
+    info = DataInfo(mnist_small.input_shape, mnist_small.num_classes, mnist_small.mean, mnist_small.std)
+    schedule = METHODS[method](parse_config(config)[1], info, torch.device("cpu")).schedule()
+    assert [m["phase"] for m in reports] == [phase for phase, n in schedule for _ in range(n)]
+    assert [m["epoch"] for m in reports] == list(range(1, len(reports) + 1))
+    assert all(m["total_epochs"] == len(reports) for m in reports)
+    assert all(0 <= m["val_accuracy"] <= 1 and 0 <= m["sparsity"] <= 1 for m in reports)  # the objectives
+    assert ["test_accuracy" in m for m in reports] == [False] * (len(reports) - 1) + [True]
+    assert all(state is not None for state in states)  # each epoch saved its state (in-process default)
+
+
+# --- determinism -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_same_config_and_seed_give_the_same_metrics_and_another_seed_differs(mnist_small, method):
+    config = tiny(method)
+    a, a_states = whole(config, mnist_small)
+    b, b_states = record(config, mnist_small)
+    assert len(a) == len(b) > 1
+    for x, y in zip(a, b, strict=True):
+        assert_same_metrics(x, y)
+    for x, y in zip(a_states, b_states, strict=True):  # the networks and optimizers too, bit for bit
+        _same(x["method"], y["method"], f"epoch {x['epoch']}")
+    c, _ = record({**config, "seed": 1}, mnist_small)
+    assert c[-1]["val_accuracy"] != a[-1]["val_accuracy"] or c[-1]["loss"] != a[-1]["loss"]
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+# (method, settings, stop after epoch, metrics the stopped trial reported last)
+RESUMES = [
+    pytest.param("beta_vae", {}, 1, {"phase": "train"}, id="beta_vae-mid-vae-phase"),
+    pytest.param("beta_vae", {}, 2, {"phase": "train"}, id="beta_vae-phase-boundary"),
+    # mid-training: parametrized state, optimizer, plateau record
+    pytest.param("reparam", {"epochs": 3, "finetune_epochs": 0}, 1, {"phase": "train"},
+                 id="reparam-mid-training"),
+    # phase boundary: the masks are created after the resume
+    pytest.param("reparam", {"variant": "mag_ft", "epochs": 2, "finetune_epochs": 2}, 2,
+                 {"phase": "train"}, id="mag_ft-phase-boundary"),
+    # mid-fine-tuning: masks and pre-pruning weights restored
+    pytest.param("reparam", {"variant": "mag_ft", "epochs": 2, "finetune_epochs": 2}, 3,
+                 {"phase": "finetune"}, id="mag_ft-mid-fine-tuning"),
+    # epoch 2 is round1's removal epoch; epoch 3 its recovery, the last before round2 begins
+    pytest.param("importance", {}, 2, {"importance/neurons/head.0": 35}, id="importance-rank-removal"),
+    pytest.param("importance", {"variant": "random"}, 2, {"importance/neurons/head.0": 35},
+                 id="importance-random-removal"),
+    pytest.param("importance", {}, 3, {"importance/neurons/head.0": 35}, id="importance-rank-recovered"),
+]
+
+
+@pytest.mark.parametrize("method, settings, stop_after, at_stop", RESUMES)
+def test_a_resumed_trial_continues_from_its_checkpoint_as_if_never_stopped(
+        mnist_small, method, settings, stop_after, at_stop):
+    config = tiny(method, **settings)
+    uninterrupted, uninterrupted_states = whole(config, mnist_small)
+    first, states = record(config, mnist_small, stop_after=stop_after)
+    assert len(first) == stop_after
+    assert {k: first[-1][k] for k in at_stop} == at_stop
+    rest, rest_states = record(config, mnist_small, resume=states[-1])
+    assert [m["epoch"] for m in rest] == list(range(stop_after + 1, len(uninterrupted) + 1))  # none redone
+    for x, y in zip(uninterrupted, first + rest, strict=True):
+        assert_same_metrics(x, y)
+    for x, y in zip(uninterrupted_states, states + rest_states, strict=True):  # the state, bit for bit
+        _same(x["method"], y["method"], f"epoch {x['epoch']}")
+        _same(x["rng"], y["rng"], f"epoch {x['epoch']} rng")
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_a_trial_resumed_from_its_final_state_trains_and_reports_nothing_again(mnist_small, method):
+    """As after a driver killed between a trial's last report and Ray's next snapshot."""
+    config = tiny(method)
+    reports, states = whole(config, mnist_small)
+    again = []
+    final = train(config, mnist_small, lambda m, d: again.append(m), resume=copy.deepcopy(states[-1]))
+    assert again == []
+    assert final == reports[-1]
+
+
+# --- checkpoint round trip -------------------------------------------------------------------------
+
+def _same(a, b, where="state") -> None:
+    """Nested states equal: tensors bit for bit, everything else by value."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), (where, a, b)  # NaN (nothing recorded yet) too
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_the_saved_state_loads_weights_only_and_restores_the_method(mnist_small, method):
+    from study.methods.base import DataInfo
+
+    config = tiny(method)
+    reports, states = whole(config, mnist_small)
+    data = mnist_small
+    info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
+    trial, method_config = parse_config(config)
+    for metrics, state in zip(reports, states, strict=True):  # after every epoch, every phase
+        assert state["epoch"] == metrics["epoch"]
+        assert state["config"] == config  # what it ran with
+        _same(state["metrics"], metrics, "metrics")  # what it reported (a final state's, on resume)
+        restored = METHODS[method](method_config, info, torch.device("cpu"))
+        restored.load_state_dict(copy.deepcopy(state["method"]))
+        _same(state["method"], restored.state_dict(), f"epoch {state['epoch']}")
+        model = restored.inference_model()
+        assert accuracy(model, data.val_x, data.val_y, trial.eval_batch_size) == metrics["val_accuracy"]
+        size = size_metrics(model, DenseReference(**state["dense"]), data.input_shape)
+        assert size == {k: metrics[k] for k in size}, state["epoch"]  # the same network, counted
+
+
+# --- bad settings and empty schedules ----------------------------------------------------------------
+
+# (method, key, value, what the one-line error says); every method names an unknown key
+_BAD = [(method, "bogus", 1, "unknown setting 'bogus'") for method in sorted(TINY)] + [
+    ("beta_vae", "beta", -1.0, "'beta' must be in [0.0, None], got -1.0"),
+    ("beta_vae", "layer_sparsity", 1.5, "'layer_sparsity' must be in"),
+    ("beta_vae", "sparsity", 0.5, "setting 'sparsity' is now 'layer_sparsity'"),
+    ("beta_vae", "latent_dim", 2.5, "'latent_dim' must be int"),
+    ("beta_vae", "variant", "gan", "'variant' must be one of"),
+    ("beta_vae", "lr", float("nan"), "'lr' must be finite"),
+    ("beta_vae", "device", "tpu", "'device' must be one of"),
+    ("beta_vae", "ce_reduction", "avg", "'ce_reduction' must be one of"),
+    ("beta_vae", "recon_reduction", "max", "'recon_reduction' must be one of"),
+    ("reparam", "n", 3, "'n' must be one of"),
+    ("reparam", "variant", "l1", "'variant' must be one of"),
+    ("reparam", "pruning_rate", 1.0, "'pruning_rate' must be in"),
+    ("reparam", "t_init", 0.0, "'t_init' must be in"),
+    ("reparam", "model", "alexnet", "'model' must be one of"),
+    ("importance", "lambda1", 1.5, "'lambda1' must be"),
+    ("importance", "lambda2", -0.1, "'lambda2' must be"),
+    ("importance", "target_fraction", 1.0, "'target_fraction' must be"),
+    ("importance", "prune_fraction", 0.0, "'prune_fraction' must be"),
+    ("importance", "variant", "magnitude", "'variant' must be"),
+    ("importance", "model", "gpt", "'model' must be"),
+]
+BAD_SETTINGS = [pytest.param(m, {k: v}, message, id=f"{m}-{k}") for m, k, v, message in _BAD]
+
+
+@pytest.mark.parametrize("method, settings, message", BAD_SETTINGS)
+def test_bad_settings_are_one_line_errors_naming_the_key(method, settings, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config({**tiny(method), **settings})
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_an_unknown_method_is_a_one_line_error():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"method": "nope"})
+    assert "unknown method 'nope'" in str(e.value) and "\n" not in str(e.value)
+
+
+# settings that leave no epoch: refused before anything runs (reparam needs at least one epoch)
+NO_EPOCHS = {"beta_vae": ({"epochs": 0, "head_epochs": 0, "prune_epochs": 0}, "no epoch to run"),
+             "reparam": ({"epochs": 0}, "'epochs' must be in"),
+             "importance": ({"warmup_epochs": 0, "target_fraction": 0.0}, "no epoch to run")}
+
+
+@pytest.mark.parametrize("method", sorted(NO_EPOCHS))
+def test_a_schedule_without_epochs_is_refused(mnist_small, method):
+    settings, message = NO_EPOCHS[method]
+    reports = []
+    with pytest.raises(ConfigError, match=message):
+        train(tiny(method, **settings), mnist_small, lambda m, d: reports.append(m))
+    assert reports == []
