@@ -5,6 +5,7 @@ reports; bad input in-process, and one real process for the exit code."""
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
@@ -60,6 +61,25 @@ EXPECT = {
 }
 
 
+def _check_the_live_view(out: str, study_dir, expect: dict) -> None:
+    """The study's own view, read from a pipe (not a terminal): plain timestamped lines, one per
+    trial start with its searched values, one per epoch, how each ended, the front, the status;
+    none of Ray's tables or checkpoint chatter (that went to search.log)."""
+    view = [line for line in out.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] ", line)]
+    started = [line for line in view if " started: " in line]
+    assert len(started) == 2
+    for line in started:
+        assert all(f" {k}=" in line for k in expect["searched"]), line
+    epochs = [line for line in view if re.search(r"trial \w+ epoch \d+/\d+ \w+: val \d+\.\d%$", line)]
+    assert len(epochs) == 2 * len(expect["epochs"])
+    assert sum(" complete: val " in line for line in view) == 2
+    assert any(line.split("] ", 1)[1].startswith("front: ") for line in view)
+    assert re.search(r"study: 2 finished, 0 running, 0 pending; elapsed \d+s", out)
+    assert "Checkpoint successfully created" not in out and "Trial status" not in out
+    assert "\x1b[" not in out  # no terminal control codes in a pipe
+    assert (study_dir / layout.SEARCH_LOG).stat().st_size > 0
+
+
 def test_every_method_has_a_study_and_its_expectations():
     from study.methods import METHODS
 
@@ -73,6 +93,7 @@ def test_a_two_trial_study_through_the_cli(studies, method):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Pareto front (val_accuracy, sparsity)" in proc.stdout
     assert str(study_dir) in proc.stdout and "wandb sync" in proc.stdout
+    _check_the_live_view(proc.stdout, study_dir, expect)
 
     # Optuna: two complete trials, both objectives, each linked to its Ray trial
     study = optuna.load_study(study_name=name, storage=layout.storage_url(study_dir))
