@@ -74,7 +74,7 @@ def _check_the_live_view(out: str, study_dir, expect: dict) -> None:
     assert len(epochs) == 2 * len(expect["epochs"])
     assert sum(" complete: val " in line for line in view) == 2
     assert any(line.split("] ", 1)[1].startswith("front: ") for line in view)
-    assert re.search(r"study: 2 finished, 0 running, 0 pending; elapsed \d+s", out)
+    assert re.search(r"study: 2 finished, 0 running, 0 pending; elapsed (\d+m)?\d+s", out)
     assert "Checkpoint successfully created" not in out and "Trial status" not in out
     assert "\x1b[" not in out  # no terminal control codes in a pipe
     assert (study_dir / layout.SEARCH_LOG).stat().st_size > 0
