@@ -274,3 +274,14 @@ def test_a_schedule_without_epochs_is_refused(mnist_small, method):
     with pytest.raises(ConfigError, match=message):
         train(tiny(method, **settings), mnist_small, lambda m, d: reports.append(m))
     assert reports == []
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_checkpoint_interval_keeps_the_state_only_when_due_and_always_at_the_end(mnist_small, method):
+    config = tiny(method)
+    kept = []
+    train(config, mnist_small, lambda m, d: kept.append(d is not None), checkpoint_every=3600.0)
+    assert kept[:-1] == [False] * (len(kept) - 1) and kept[-1]  # none due in an hour; the end always
+    every = []
+    train(config, mnist_small, lambda m, d: every.append(d is not None), checkpoint_every=0.0)
+    assert every == [True] * len(kept)
