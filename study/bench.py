@@ -325,6 +325,22 @@ def _init_bare_worker(data_dir: str, threads: int, dataset: str) -> None:
     _worker_data[dataset] = load_dataset(dataset, data_dir)
 
 
+def _timed_study(args: argparse.Namespace, name: str, storage: Path, trials: int, at_once: int,
+                 flags: list[str]) -> float:
+    """Run one study through study.search (the bench's method, data, seed and --set); its wall time."""
+    from study import search
+
+    argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
+            str(args.data_dir), "--num-samples", str(trials), "--max-concurrent", str(at_once),
+            "--seed", str(args.seed), *flags]
+    for kv in args.set:
+        argv += ["--set", kv]
+    t0 = time.time()
+    if search.main(argv) != 0:
+        raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
+    return time.time() - t0
+
+
 def bench_overhead(args: argparse.Namespace) -> None:
     """One study through `study.search` (the harness: Ray, Optuna, W&B, evaluation, diagnostics,
     checkpoints), then the same trials (their resolved configs, as many epochs as each ran) as bare
@@ -332,22 +348,15 @@ def bench_overhead(args: argparse.Namespace) -> None:
     harness's extra time went."""
     import tempfile
 
-    from study import layout, search
+    from study import layout
 
     if args.study:  # a study run before (e.g. by an older version), timed from outside
         study_dir, harness = Path(args.study), args.harness_seconds
     else:
         storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-overhead-"))
         name = f"overhead-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-        argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
-                str(args.data_dir), "--num-samples", str(args.num_samples), "--seed", str(args.seed),
-                "--max-concurrent", str(args.max_concurrent), *shlex.split(args.search_flags)]
-        for kv in args.set:
-            argv += ["--set", kv]
-        t0 = time.time()
-        if search.main(argv) != 0:
-            raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
-        harness = time.time() - t0
+        harness = _timed_study(args, name, storage, args.num_samples, args.max_concurrent,
+                               shlex.split(args.search_flags))
         study_dir = storage / name
     trials = []
     for _, trial_dir in layout.trial_dirs(study_dir):
@@ -385,7 +394,7 @@ def bench_throughput(args: argparse.Namespace) -> None:
     per k: trials per hour and training samples per second, from the study's wall time."""
     import tempfile
 
-    from study import layout, search
+    from study import layout
 
     storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-throughput-"))
     gpu = torch.cuda.is_available() and not args.cpu
@@ -394,15 +403,7 @@ def bench_throughput(args: argparse.Namespace) -> None:
         name = f"throughput-{args.method}-{k}"
         share = ["--gpus-per-trial", f"{1 / k:g}", "--cpus-per-trial", f"{max(1, (os.cpu_count() or 1) // k)}"
                  ] if gpu else ["--cpus-per-trial", f"{(os.cpu_count() or 1) / k:g}"]
-        argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
-                str(args.data_dir), "--num-samples", str(k), "--max-concurrent", str(k),
-                "--seed", str(args.seed), *share]
-        for kv in args.set:
-            argv += ["--set", kv]
-        t0 = time.time()
-        if search.main(argv) != 0:
-            raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
-        wall = time.time() - t0
+        wall = _timed_study(args, name, storage, k, k, share)
         samples = 0
         for _, trial_dir in layout.trial_dirs(storage / name):
             config, history = layout.trial_params(trial_dir), layout.trial_history(trial_dir)

@@ -96,10 +96,10 @@ class StudyConsole(Callback):
             self._status(trials)
 
     def _show_front(self) -> None:
+        from analysis.pareto import pareto_mask
+
         ids = list(self.points)
-        front = [i for i in ids if not any(
-            self.points[j][0] >= self.points[i][0] and self.points[j][1] >= self.points[i][1]
-            and self.points[j] != self.points[i] for j in ids)]
+        front = [i for i, on in zip(ids, pareto_mask([self.points[i] for i in ids]), strict=True) if on]
         front.sort(key=lambda i: -self.points[i][0])
         if front != self.front:
             self.front = front

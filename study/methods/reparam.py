@@ -273,16 +273,18 @@ class Reparam:
 
     @torch.no_grad()
     def _reparam_metrics(self) -> dict[str, float]:
-        c, budget = self._budget_terms()
-        out = {"reparam/budget_loss": float(budget),
-               "reparam/surrogate_remaining": float(c) / self.c_initial}  # Table 2's fraction
-        dead = 0
+        out: dict[str, float] = {}
+        c, dead = 0.0, 0
         for name, module in prunable_modules(self.model).items():
             p = module.parametrizations.weight
+            h = h_t(p.original, p[0].t, p[0].n)
+            c += float(h.sum())  # Eq. 9, layer by layer
             out[f"reparam/t/{name}"] = float(p[0].t)
             # a layer whose every h_t(w) is ~0 passes nothing on, and h_t's gradient is ~0 there
             # too (Eq. 5's stop band): the network cannot learn its way back
-            dead += float(h_t(p.original, p[0].t, p[0].n).max()) < DEAD_H
+            dead += float(h.max()) < DEAD_H
+        out["reparam/budget_loss"] = float(budget_loss(torch.tensor(c), self.c_target, self.c_initial))
+        out["reparam/surrogate_remaining"] = c / self.c_initial  # Table 2's fraction
         out["reparam/dead_layers"] = dead
         return out
 
