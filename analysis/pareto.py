@@ -66,6 +66,8 @@ def add_chance_margin(parser: argparse.ArgumentParser) -> None:
 def pareto_mask(points: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated rows of `points` (n x k, all maximized). A row with a NaN
     is never on the front; identical rows do not dominate each other, so duplicates are all kept."""
+    if len(points) == 0:  # no point: an empty front (reshape cannot infer a width from nothing)
+        return np.zeros(0, dtype=bool)
     points = np.asarray(points, dtype=float).reshape(len(points), -1)
     valid = ~np.isnan(points).any(axis=1)
     others = points[valid]

@@ -15,6 +15,7 @@ from tests.conftest import run_main, run_module
 
 
 def test_pareto_mask_handles_ties_duplicates_single_points_and_nans():
+    assert pareto_mask([]).shape == (0,)  # no finished trial yet: an empty front, not an error
     pts = np.array([
         [0.9, 0.1],  # 0 front
         [0.8, 0.5],  # 1 front
