@@ -51,10 +51,17 @@ VOCABULARY = {m.name: m for m in (
     Metric("degenerate", None, "1 when the trial ended early as degenerate: chance accuracy for "
            "`degenerate_epochs` epochs, or a dead network (the trial ended)"),
     Metric("degenerate_reason", None, "why it was degenerate, in words"),
+    Metric("rung/val_accuracy", True, "(--scheduler mo-asha) at a rung epoch: validation accuracy "
+           "of the method's probe, its network pruned to the final target without fine-tuning"),
+    Metric("rung/sparsity", True, "(--scheduler mo-asha) at a rung epoch: the probe's sparsity"),
 )}
 
 # what the search optimizes, both maximized: (accuracy, sparsity) fronts everywhere
 OBJECTIVES = ("val_accuracy", "sparsity")
+# what multi-objective successive halving ranks trials on at a rung (study.scheduler), maximized
+RUNG_OBJECTIVES = ("rung/val_accuracy", "rung/sparsity")
+# the Optuna user attribute of a trial stopped at a rung: its rung epoch
+STOPPED_ATTR = "stopped_at_epoch"
 # a finished trial's headline figures: retraining summaries, export provenance
 FINAL = ("val_accuracy", "test_accuracy", "sparsity", "prunable_sparsity", "params", "nonzero_params",
          "compressed_bytes", "flops")
