@@ -3,7 +3,8 @@
 Writes one YAML per chosen trial: `config` (every setting the trial ran with, ready for
 `python -m study.train FILE.yaml`) and `provenance` (study, trial id, its metrics, the CPU threads
 it ran on so a CPU retrain reproduces it). Only complete trials are chosen, never one at chance
-validation accuracy (<= 1 / num_classes + `--chance-margin`; the command says how many it left out).
+validation accuracy (<= 1 / num_classes + `--chance-margin`; the command says how many it left out),
+never one that misses a `--constraint` of its study.
 - knee: per front (method, dataset, model), the point farthest from the line joining the front's
   two ends on the side away from the origin (objectives scaled to [0, 1] over the front); top-k
   takes the next farthest;
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.pareto import add_chance_margin, at_chance, chance_line, front, group_name
+from analysis.pareto import add_chance_margin, at_chance, chance_line, front, group_name, is_feasible
 from analysis.results import StudyError, load_results, study_info
 from study.metrics import CHANCE_MARGIN, FINAL, OBJECTIVES
 
@@ -53,7 +54,7 @@ def knee_order(f: pd.DataFrame) -> pd.DataFrame:
 def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
            min_accuracy: float = 0.0, chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
     done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)
-              & ~at_chance(df, chance_margin)].dropna(subset=list(OBJECTIVES))
+              & ~at_chance(df, chance_margin) & is_feasible(df)].dropna(subset=list(OBJECTIVES))
     if pick == "knee":  # the knee of each front, then each front's next, and so on
         fronts = [front(g) for _, g in done.groupby(done.apply(group_name, axis=1))]
         per_front = [knee_order(f).assign(_rank=range(len(f))) for f in fronts]

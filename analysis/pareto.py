@@ -6,7 +6,9 @@ dominated hypervolume (reference point accuracy 0, sparsity 0), one number to co
 where a dataset has several (method, model) groups, also their joint front `all/<dataset>`.
 Complete trials at chance validation accuracy (<= 1 / num_classes + `--chance-margin`) are left
 out of fronts and hypervolumes (a dead network is trivially sparse), and the command says how many;
-degenerate trials (ended early) never count either. Both are drawn apart in the plots.
+degenerate trials (ended early) and trials stopped at a rung (`--scheduler mo-asha`: mid-run values)
+never count either. All three are drawn apart in the plots. A study with `--constraint`s counts
+only its feasible trials (the constraints met by the last report); infeasible ones are drawn hollow.
 Writes `pareto.csv`, `pareto.png` and `pareto.html` (default: the first study's `analysis/`
 folder), prints the fronts, and logs them to a summary run in the study's W&B group (offline
 without credentials).
@@ -63,6 +65,13 @@ def add_chance_margin(parser: argparse.ArgumentParser) -> None:
                              f"(default: {CHANCE_MARGIN})")
 
 
+def is_feasible(df: pd.DataFrame) -> pd.Series:
+    """The `feasible` column (analysis.results: the study's --constraints met), True where absent."""
+    if "feasible" not in df:
+        return pd.Series(True, index=df.index)
+    return df["feasible"].fillna(True).astype(bool)
+
+
 def pareto_mask(points: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated rows of `points` (n x k, all maximized). A row with a NaN
     is never on the front; identical rows do not dominate each other, so duplicates are all kept."""
@@ -115,27 +124,32 @@ def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
         raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
     done = df[df["status"] == "complete"].dropna(subset=list(objectives))
     done = done.assign(**{k: done[k].fillna("-") if k in done else "-" for k in GROUP},
-                       _chance=at_chance(done, chance_margin))
+                       _chance=at_chance(done, chance_margin), _infeasible=~is_feasible(done))
     groups = [("/".join(map(str, key)), g) for key, g in done.groupby(list(GROUP), sort=True)]
     for dataset, g in done.groupby("dataset", sort=True):
         if g[["method", "model"]].drop_duplicates().shape[0] > 1:
             groups.append((f"all/{dataset}", g))
     parts, volumes = [], []
     for name, group in groups:
-        kept = group[~group["_chance"]].drop(columns="_chance")
+        kept = group[~group["_chance"] & ~group["_infeasible"]].drop(columns=["_chance", "_infeasible"])
         parts.append(front(kept, objectives).assign(front=name))
         volumes.append({"front": name, "method": group["method"].iloc[0] if not name.startswith("all/")
                         else "all", "dataset": group["dataset"].iloc[0], "trials": len(kept),
-                        "left_out_chance": int(group["_chance"].sum()), "front_size": len(parts[-1]),
+                        "left_out_chance": int(group["_chance"].sum()),
+                        "left_out_infeasible": int((group["_infeasible"] & ~group["_chance"]).sum()),
+                        "front_size": len(parts[-1]),
                         "hypervolume": hypervolume_2d(kept[list(objectives)].to_numpy())})
     parts = [p for p in parts if len(p)]
     table = (pd.concat(parts, ignore_index=True) if parts
-             else done.drop(columns="_chance").iloc[:0].assign(front=[]))
+             else done.drop(columns=["_chance", "_infeasible"]).iloc[:0].assign(front=[]))
     return table, pd.DataFrame(volumes, columns=["front", "method", "dataset", "trials",
-                                                 "left_out_chance", "front_size", "hypervolume"])
+                                                 "left_out_chance", "left_out_infeasible",
+                                                 "front_size", "hypervolume"])
 
 
 APART = "degenerate / at chance (not on the front)"  # the plots' label for trials kept apart
+STOPPED = "stopped at a rung (mid-run values, not on the front)"
+INFEASIBLE = "infeasible (--constraint not met)"
 
 
 def kept_apart(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> pd.Series:
@@ -156,10 +170,19 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
     apart = kept_apart(data, chance_margin)
     if apart.any():
         ax.scatter(data.loc[apart, x], data.loc[apart, y], s=30, marker="x", color="0.6", label=APART)
-    data = data[~apart]
+    stopped = data["status"] == "stopped"
+    if stopped.any():
+        ax.scatter(data.loc[stopped, x], data.loc[stopped, y], s=22, marker="v", color="0.75",
+                   label=STOPPED)
+    data = data[~apart & ~stopped]
     for i, (name, group) in enumerate(data.groupby(data.apply(group_name, axis=1))):
         color = f"C{i}"
-        ax.scatter(group[x], group[y], s=18, alpha=0.5, color=color, label=f"{name} trials")
+        ok = is_feasible(group)
+        ax.scatter(group.loc[ok, x], group.loc[ok, y], s=18, alpha=0.5, color=color,
+                   label=f"{name} trials")
+        if not ok.all():  # hollow: measured, but outside the constraints
+            ax.scatter(group.loc[~ok, x], group.loc[~ok, y], s=24, facecolors="none",
+                       edgecolors=color, label=f"{name} {INFEASIBLE}")
         if "collapsed" in group:
             c = group[group["collapsed"].astype(bool)]
             ax.scatter(c[x], c[y], s=60, marker="x", color="k",
@@ -195,9 +218,15 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
     apart = kept_apart(data, chance_margin)
     if apart.any():
         points(data[apart], APART, marker={"symbol": "x", "color": "grey"})
-    data = data[~apart]
+    stopped = data["status"] == "stopped"
+    if stopped.any():
+        points(data[stopped], STOPPED, marker={"symbol": "triangle-down", "color": "lightgrey"})
+    data = data[~apart & ~stopped]
     for name, group in data.groupby(data.apply(group_name, axis=1)):
-        points(group, f"{name} trials")
+        ok = is_feasible(group)
+        points(group[ok], f"{name} trials")
+        if not ok.all():
+            points(group[~ok], f"{name} {INFEASIBLE}", marker={"symbol": "circle-open"})
         f = table[table["front"] == name].sort_values(x)
         fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="lines", line_shape="hv",
                                  name=f"{name} front"))

@@ -4,9 +4,11 @@ A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, m
 setting as `config/<key>`, and every metric at its last reported value (`epoch` tells how far the
 trial got). Status: `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
 `degenerate` (ended early by the trainable: chance accuracy for `degenerate_epochs` epochs, or a
-dead network; `degenerate_reason` says which), `failed` (raised, or Optuna recorded it failed),
-`running` (none of these: still running, or interrupted). Trials still running or half-written
-are read as far as they go.
+dead network; `degenerate_reason` says which), `stopped` (stopped at a rung by `--scheduler
+mo-asha`: its metrics are a mid-run epoch's, `stopped_at_epoch` says which), `failed` (raised, or
+Optuna recorded it failed), `running` (none of these: still running, or interrupted). Trials still
+running or half-written are read as far as they go. `feasible`: whether the trial's last report
+meets every `--constraint` of its study (True when the study has none).
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from typing import Any
 import pandas as pd
 
 from study import layout
+from study.constraints import feasible, parse_constraints
+from study.metrics import STOPPED_ATTR
 
-STATUSES = ("complete", "diverged", "degenerate", "failed", "running")
+STATUSES = ("complete", "diverged", "degenerate", "stopped", "failed", "running")
 
 
 class StudyError(ValueError):
@@ -54,6 +58,8 @@ def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
         return "degenerate"
     if "test_accuracy" in last:  # the final report: complete, even after an earlier error
         return "complete"
+    if optuna_trial is not None and STOPPED_ATTR in optuna_trial.user_attrs:
+        return "stopped"  # by the scheduler at a rung: a mid-run report, never a front point
     if layout.trial_errored(trial_dir) or (
             optuna_trial is not None and optuna_trial.state.name == "FAIL"):
         return "failed"
@@ -63,6 +69,7 @@ def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
 def load_study(study_dir: str | Path) -> pd.DataFrame:
     study_dir = Path(study_dir)
     info = study_info(study_dir)
+    constraints = parse_constraints(info.get("constraints"))
     optuna_trials = _optuna_trials(study_dir)
     rows = []
     for trial_id, trial_dir in layout.trial_dirs(study_dir):
@@ -83,6 +90,9 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
             # variant (the Beta-VAE-Classif or the CNN-Classif network)
             "model": config.get("model", config.get("variant")),
             "status": _status(history[-1] if history else {}, trial_dir, ot),
+            "feasible": feasible(constraints, last),
+            **({STOPPED_ATTR: ot.user_attrs[STOPPED_ATTR]}
+               if ot is not None and STOPPED_ATTR in ot.user_attrs else {}),
             **{f"config/{k}": v for k, v in config.items()},
             **{k: v for k, v in last.items() if not isinstance(v, (dict, list))},
         })
