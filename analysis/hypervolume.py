@@ -1,0 +1,114 @@
+"""`python -m analysis.hypervolume STUDY... [--out DIR]`: hypervolume as a study progresses.
+
+For each study and each (method, dataset, model) in it, the dominated hypervolume of (val_accuracy,
+sparsity), reference point (0, 0), after each trial that ended (complete, stopped at a rung,
+diverged, degenerate or failed: each spent compute), in the order they ended, against the number
+of trials ended, the seconds since the study's first trial started (Ray's `timestamp` of a trial's
+last report; a trial started at `timestamp - time_total_s`) and the epochs run so far. Only
+complete, feasible (`--constraint`) trials away from chance accuracy add points, as in
+`analysis.pareto`. The area is `analysis.pareto.hypervolume_2d`: exact for two objectives (a sweep
+over the front sorted by sparsity), a few lines instead of Optuna's private `optuna._hypervolume`
+(the tests check both agree).
+Writes `hypervolume.csv` (a row per ended trial) and `hypervolume.png` (two panels, a line per
+study and group) to `--out` (default: the first study's `analysis/` folder).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.pareto import add_chance_margin, at_chance, group_name, hypervolume_2d, is_feasible
+from study import layout
+from study.metrics import CHANCE_MARGIN, OBJECTIVES
+
+ENDED = ("complete", "stopped", "diverged", "degenerate", "failed")
+COLUMNS = ["study", "front", "trials", "seconds", "epochs", "trial_id", "status", "hypervolume"]
+
+
+def _number(df: pd.DataFrame, column: str) -> pd.Series:
+    return (pd.to_numeric(df[column], errors="coerce") if column in df
+            else pd.Series(np.nan, index=df.index, dtype=float))
+
+
+def hypervolume_curves(df: pd.DataFrame, chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
+    """A row per ended trial of `df` (analysis.results' table), per study and front, in the order
+    they ended: `trials` ended so far, `seconds` since the study began, `epochs` run so far, and
+    the `hypervolume` of the front's points so far."""
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    df = df.assign(_end=_number(df, "timestamp"))
+    df = df.assign(_start=df["_end"] - _number(df, "time_total_s").fillna(0.0),
+                   _point=(df["status"] == "complete") & is_feasible(df) & ~at_chance(df, chance_margin),
+                   _front=df.apply(group_name, axis=1))
+    rows = []
+    for study, trials in df.groupby("study", sort=False):
+        t0 = trials["_start"].min()
+        for name, group in trials.groupby("_front", sort=True):
+            ended = group[group["status"].isin(ENDED)].sort_values(["_end", "trial_id"], kind="stable")
+            points = np.empty((0, 2))
+            epochs = 0
+            for n, (_, t) in enumerate(ended.iterrows(), start=1):
+                if t["_point"] and pd.notna(t[OBJECTIVES[0]]) and pd.notna(t[OBJECTIVES[1]]):
+                    points = np.vstack([points, [float(t[OBJECTIVES[0]]), float(t[OBJECTIVES[1]])]])
+                epochs += int(t["epoch"]) if "epoch" in t and pd.notna(t["epoch"]) else 0
+                rows.append({"study": study, "front": name, "trials": n,
+                             "seconds": float(t["_end"] - t0) if pd.notna(t["_end"]) else np.nan,
+                             "epochs": epochs, "trial_id": t["trial_id"], "status": t["status"],
+                             "hypervolume": hypervolume_2d(points)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def plot(curves: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for (study, name), c in curves.groupby(["study", "front"], sort=False):
+        label = f"{study}: {name}"
+        axes[0].step(c["trials"], c["hypervolume"], where="post", label=label)
+        axes[1].step(c["seconds"], c["hypervolume"], where="post", label=label)
+    axes[0].set_xlabel("trials ended")
+    axes[1].set_xlabel("seconds since the study began")
+    axes[0].set_ylabel("hypervolume (val_accuracy x sparsity, ref. (0, 0))")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis.results import StudyError, load_results
+
+    p = argparse.ArgumentParser(prog="python -m analysis.hypervolume",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders")
+    p.add_argument("--out", help="output folder (default: FIRST_STUDY/analysis)")
+    add_chance_margin(p)
+    args = p.parse_args(argv)
+    try:
+        df = load_results(args.studies)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    curves = hypervolume_curves(df, args.chance_margin)
+    out = Path(args.out) if args.out else layout.analysis_dir(args.studies[0])
+    out.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(out / "hypervolume.csv", index=False)
+    plot(curves, out / "hypervolume.png")
+    last = curves.groupby(["study", "front"], sort=False).tail(1)
+    print(last[["study", "front", "trials", "seconds", "epochs", "hypervolume"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {out / 'hypervolume.csv'}, {out / 'hypervolume.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
