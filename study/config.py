@@ -57,6 +57,9 @@ class TrialConfig:
                                    "counts as chance", low=0.0, high=1.0)
     device: str = setting("auto", "auto: CUDA when the trial holds a GPU, else CPU",
                           choices=("auto", "cpu", "cuda"))
+    rung_epochs: str = setting("", "epochs (comma-separated) after which the trial also reports its "
+                               "rung objectives rung/val_accuracy and rung/sparsity, those of its "
+                               "method's probe (study.scheduler; set by --scheduler mo-asha); '': none")
 
 
 def fields(cls) -> dict[str, dataclasses.Field]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from study.metrics import near_chance
+from study.metrics import RUNG_OBJECTIVES, near_chance
 
 
 def _duration(seconds: float) -> str:
@@ -78,6 +78,9 @@ class StudyConsole(Callback):
                    f"(test {last['test_accuracy']:.1%})")
             if not near_chance(last["val_accuracy"], last.get("num_classes", 10)):
                 self.points[trial.trial_id] = (last["val_accuracy"], last["sparsity"])
+        elif all(m in last for m in RUNG_OBJECTIVES):  # --scheduler mo-asha stopped it at a rung
+            how = (f"stopped at rung epoch {last['epoch']}: probe val {last[RUNG_OBJECTIVES[0]]:.1%} "
+                   f"at sparsity {last[RUNG_OBJECTIVES[1]]:.2f} (not in the rung's top)")
         else:
             how = "ended"
         self.ended[trial.trial_id] = how

@@ -59,7 +59,37 @@ def format_rung_epochs(epochs: list[int]) -> str:
 
 
 def parse_rung_epochs(text: str) -> list[int]:
-    return [int(e) for e in text.split(",") if e.strip()]
+    """The trial setting `rung_epochs` read back: positive epochs, comma-separated ('': none)."""
+    from study.config import ConfigError
+
+    try:
+        epochs = [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        epochs = [0]
+    if any(e < 1 for e in epochs):
+        raise ConfigError(f"setting 'rung_epochs' must list positive epochs separated by commas, "
+                          f"got {text!r}")
+    return epochs
+
+
+def rung_objectives(method, dense, x, y, batch_size: int) -> dict[str, float]:
+    """The rung objectives of a trial now: its method's `probe_model()` (a copy of its network
+    pruned to the trial's final target, not fine-tuned), or, for a method without one or whose
+    probe is None (already at its target), its inference network as it is; validation accuracy
+    and sparsity (1 - nonzero parameters / dense parameters) counted from the tensors, as the
+    trainable counts `sparsity`. Reads the method's state, never changes it (nor any RNG)."""
+    import torch
+
+    from study.metrics import accuracy
+    from study.sparsity import effective_parameters
+
+    probe = getattr(method, "probe_model", None)
+    model = probe() if probe is not None else None
+    if model is None:
+        model = method.inference_model()
+    nonzero = sum(int(torch.count_nonzero(t)) for t in effective_parameters(model).values())
+    return {RUNG_OBJECTIVES[0]: accuracy(model, x, y, batch_size),
+            RUNG_OBJECTIVES[1]: 1.0 - nonzero / dense.params}
 
 
 # --- the promotion rule (pure) --------------------------------------------------------------------
@@ -120,7 +150,7 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def __init__(self, grace_period: int = GRACE_PERIOD,
                  reduction_factor: float = REDUCTION_FACTOR,
-                 objectives: tuple[str, str] = RUNG_OBJECTIVES) -> None:
+                 objectives: tuple[str, str] = RUNG_OBJECTIVES, study_dir: str | None = None) -> None:
         super().__init__()
         self.grace_period, self.reduction_factor = grace_period, reduction_factor
         self.objectives = objectives
@@ -128,6 +158,26 @@ class MultiObjectiveASHA(FIFOScheduler):
         # epoch -> {trial id: rung objectives}, in arrival order (dicts keep insertion order)
         self.rungs: dict[int, dict[str, tuple[float, ...]]] = {m: {} for m in self.milestones}
         self.stopped: dict[str, int] = {}  # trial id -> the rung epoch it was stopped at
+        # Ray keeps no scheduler state across Tuner.restore (it unpickles the scheduler as it was
+        # built): the rungs are read back from the study folder's results at the first decision
+        self.study_dir = study_dir
+        self._history_read = study_dir is None
+
+    def _read_history(self) -> None:
+        """Fill the rungs from the rung reports already in the study folder, in the order they
+        were reported (Ray's `timestamp`, then the trial's own order)."""
+        from study import layout
+
+        self._history_read = True
+        seen = []
+        for trial_id, folder in layout.trial_dirs(self.study_dir):
+            for i, row in enumerate(layout.trial_history(folder)):
+                if row.get("epoch") in self.rungs and all(row.get(m) is not None
+                                                           for m in self.objectives):
+                    seen.append((row.get("timestamp", 0), i, trial_id, row))
+        for _, _, trial_id, row in sorted(seen, key=lambda s: s[:2]):
+            self.rungs[row["epoch"]].setdefault(
+                trial_id, tuple(float(row[m]) for m in self.objectives))
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         # its objectives are its own (the rung metrics); the searcher's metric list is for Optuna
@@ -136,6 +186,8 @@ class MultiObjectiveASHA(FIFOScheduler):
     def decide(self, trial_id: str, epoch: int, point: tuple[float, ...]) -> str:
         """Record `point` at rung `epoch` and return CONTINUE or STOP. A trial seen at this rung
         before (restored from a checkpoint, reporting it again) continues: it was promoted."""
+        if not self._history_read:
+            self._read_history()
         rung = self.rungs[epoch]
         if trial_id in rung:
             return TrialScheduler.CONTINUE

@@ -135,3 +135,21 @@ def test_a_stopped_trial_is_told_to_optuna_as_pruned_with_its_rung():
     assert 0 <= nxt.params["x"] <= 1
     assert hypervolume_2d(np.array([b.values for b in study.best_trials])) == pytest.approx(
         0.9 * 0.1 + 0.8 * 0.1 + 0.7 * 0.1)
+
+
+def test_a_resumed_study_reads_its_rungs_back_from_the_study_folder(tmp_path):
+    import json
+
+    from study import layout
+
+    # Ray unpickles the scheduler as it was built: the rungs come back from the trials' results
+    for tid, ts, acc in (("a", 10, 0.9), ("b", 11, 0.2)):
+        folder = layout.trial_dir(tmp_path, tid)
+        folder.mkdir()
+        rows = [{"epoch": 1, "timestamp": ts, **_rung(1, acc, acc)}, {"epoch": 2, "timestamp": ts + 5}]
+        (folder / layout.RESULT).write_text("\n".join(json.dumps(r) for r in rows))
+    sched = MultiObjectiveASHA(grace_period=1, reduction_factor=3, study_dir=str(tmp_path))
+    # third at the rung (keep 1 of 3), below a: stopped; without the history it would be first
+    assert sched.on_trial_result(None, _trial("c"), _rung(1, 0.5, 0.5)) == TrialScheduler.STOP
+    assert list(sched.rungs[1]) == ["a", "b", "c"]
+    assert sched.on_trial_result(None, _trial("a"), _rung(1, 0.0, 0.0)) == TrialScheduler.CONTINUE
