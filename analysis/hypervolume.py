@@ -62,6 +62,25 @@ def hypervolume_curves(df: pd.DataFrame, chance_margin: float = CHANCE_MARGIN) -
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def by_trials(curve: pd.DataFrame, n: int) -> np.ndarray:
+    """One study's curve for one front as hypervolumes after 1..n trials ended (a study that
+    ended fewer keeps its last value; none ended: 0)."""
+    values = curve.sort_values("trials")["hypervolume"].to_numpy(dtype=float)[:n]
+    return np.concatenate([values, np.full(n - len(values), values[-1] if len(values) else 0.0)])
+
+
+def at_budget(curve: pd.DataFrame, column: str, budget: float) -> float:
+    """One study's hypervolume once `column` (`epochs`, `seconds`) had reached at most `budget`."""
+    within = curve[curve[column] <= budget]
+    return float(within["hypervolume"].iloc[-1]) if len(within) else 0.0
+
+
+def trials_to_reach(curve: np.ndarray, target: float) -> int | None:
+    """Trials a (mean) curve needs to reach `target` hypervolume (1-based), None if it never does."""
+    reached = np.flatnonzero(curve >= target - 1e-12)
+    return int(reached[0]) + 1 if len(reached) else None
+
+
 def plot(curves: pd.DataFrame, path: Path) -> None:
     import matplotlib
 

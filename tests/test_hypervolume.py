@@ -91,3 +91,15 @@ def test_hypervolume_command_writes_csv_and_png_per_study(tmp_path, capsys):
     assert "reparam/mnist/lenet300" in capsys.readouterr().out
     assert run_main("analysis.hypervolume", str(tmp_path / "nope")) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_curves_compare_by_trials_by_budget_and_by_trials_to_reach_a_target():
+    from analysis.hypervolume import at_budget, by_trials, trials_to_reach
+
+    curve = pd.DataFrame({"trials": [1, 2, 3], "epochs": [3, 5, 9], "hypervolume": [0.1, 0.3, 0.4]})
+    assert by_trials(curve, 5).tolist() == pytest.approx([0.1, 0.3, 0.4, 0.4, 0.4])
+    assert by_trials(curve, 2).tolist() == pytest.approx([0.1, 0.3])
+    assert by_trials(curve.iloc[:0], 2).tolist() == [0.0, 0.0]
+    assert at_budget(curve, "epochs", 8) == 0.3 and at_budget(curve, "epochs", 2) == 0.0
+    assert trials_to_reach(np.array([0.1, 0.3, 0.4]), 0.3) == 2
+    assert trials_to_reach(np.array([0.1, 0.3]), 0.35) is None
