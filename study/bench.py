@@ -294,8 +294,7 @@ def bench_importance_curve(args: argparse.Namespace) -> None:
 
 PARTS = {"epoch_seconds": "training", "eval_seconds": "evaluation (val, test)",
          "diagnostics_seconds": "method diagnostics", "size_seconds": "size metrics",
-         "save_seconds": "checkpoint save", "report_seconds": "Ray report (+ checkpoint persist)",
-         "checkpoint_seconds": "checkpoint save + Ray report (older versions)"}
+         "save_seconds": "checkpoint save", "report_seconds": "Ray report (+ checkpoint persist)"}
 
 
 def bare_trial(config: dict[str, Any], data, epochs: int) -> tuple[float, float]:
@@ -326,8 +325,9 @@ def _init_bare_worker(data_dir: str, threads: int, dataset: str) -> None:
 
 
 def _timed_study(args: argparse.Namespace, name: str, storage: Path, trials: int, at_once: int,
-                 flags: list[str]) -> float:
-    """Run one study through study.search (the bench's method, data, seed and --set); its wall time."""
+                 flags: list[str]) -> tuple[float, float]:
+    """Run one study through study.search (the bench's method, data, seed and --set); its start
+    and end (wall-clock times)."""
     from study import search
 
     argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
@@ -338,7 +338,7 @@ def _timed_study(args: argparse.Namespace, name: str, storage: Path, trials: int
     t0 = time.time()
     if search.main(argv) != 0:
         raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
-    return time.time() - t0
+    return t0, time.time()
 
 
 def bench_overhead(args: argparse.Namespace) -> None:
@@ -351,12 +351,13 @@ def bench_overhead(args: argparse.Namespace) -> None:
     from study import layout
 
     if args.study:  # a study run before (e.g. by an older version), timed from outside
-        study_dir, harness = Path(args.study), args.harness_seconds
+        study_dir, harness, span = Path(args.study), args.harness_seconds, None
     else:
         storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-overhead-"))
         name = f"overhead-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-        harness = _timed_study(args, name, storage, args.num_samples, args.max_concurrent,
-                               shlex.split(args.search_flags))
+        span = _timed_study(args, name, storage, args.num_samples, args.max_concurrent,
+                            shlex.split(args.search_flags))
+        harness = span[1] - span[0]
         study_dir = storage / name
     trials = []
     for _, trial_dir in layout.trial_dirs(study_dir):
@@ -380,13 +381,25 @@ def bench_overhead(args: argparse.Namespace) -> None:
         print(f"  {label:<42}{seconds:>10.1f}")
     print(f"  {'other, inside trials (start-up, data, W&B)':<42}{in_trials - sum(parts.values()):>10.1f}")
     print(f"  {'trials in all (Ray time_total_s)':<42}{in_trials:>10.1f}")
+    wandb = layout.read_info(study_dir).get("wandb_seconds")
+    if wandb is not None:
+        print(f"  {'W&B, on the driver (beside the trials)':<42}{wandb:>10.1f}")
     print(f"wall: harness {harness:.1f} s (its {args.max_concurrent} slots x wall - trial time = "
           f"{harness * args.max_concurrent - in_trials:.1f} s of Ray start-up, scheduling and idle "
           f"slots); bare {bare:.1f} s")
+    edges = {}
+    if span is not None:  # Ray's timestamps are whole seconds
+        edges = {"startup_seconds": min(h[0]["timestamp"] - h[0]["time_total_s"] for _, h in trials if h)
+                 - span[0], "shutdown_seconds": span[1] - max(h[-1]["timestamp"] for _, h in trials if h)}
+        print(f"  start-up to the first trial (imports, data, Ray, Tuner, the trial's actor): "
+              f"{edges['startup_seconds']:.0f} s; after the last trial (summary, Ray shutdown): "
+              f"{edges['shutdown_seconds']:.0f} s")
     print(json.dumps({"method": args.method, "trials": len(trials), "max_concurrent": args.max_concurrent,
                       "bare_seconds": round(bare, 2), "harness_seconds": round(harness, 2),
                       "ratio": round(harness / bare, 4), "training_seconds": round(parts["training"], 2),
-                      **{k: round(v, 2) for k, v in parts.items() if k != "training"}}))
+                      **{k: round(v, 2) for k, v in parts.items() if k != "training"},
+                      **({"wandb_seconds": wandb} if wandb is not None else {}),
+                      **{k: round(v, 1) for k, v in edges.items()}}))
 
 
 def bench_throughput(args: argparse.Namespace) -> None:
@@ -403,7 +416,8 @@ def bench_throughput(args: argparse.Namespace) -> None:
         name = f"throughput-{args.method}-{k}"
         share = ["--gpus-per-trial", f"{1 / k:g}", "--cpus-per-trial", f"{max(1, (os.cpu_count() or 1) // k)}"
                  ] if gpu else ["--cpus-per-trial", f"{(os.cpu_count() or 1) / k:g}"]
-        wall = _timed_study(args, name, storage, k, k, share)
+        start, end = _timed_study(args, name, storage, k, k, share)
+        wall = end - start
         samples = 0
         for _, trial_dir in layout.trial_dirs(storage / name):
             config, history = layout.trial_params(trial_dir), layout.trial_history(trial_dir)

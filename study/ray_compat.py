@@ -80,28 +80,3 @@ def optuna_study(searcher):
 def completed_trials(searcher) -> set[str]:
     """Ray trial ids OptunaSearch has already told Optuna about (it ignores a second report)."""
     return require(searcher, "_completed_trials")
-
-
-# --- Ray's W&B logger: its logging actor (study.tracking) ----------------------------------------
-
-def wandb_logger_callback_class():
-    """WandbLoggerCallback whose logging actor waits for W&B to have written everything.
-
-    Ray kills a trial's logging actor (and with it wandb-core, its child) as soon as `run`
-    returns, which is right after `wandb.finish()`; wandb-core may still be flushing the run then,
-    and under load the run's file lost its last epochs. `wandb.teardown()` waits for wandb-core
-    to finish (its atexit hook would, but a killed actor runs none)."""
-    from ray.air.integrations import wandb as ray_wandb
-
-    actor_base = require(ray_wandb, "_WandbLoggingActor")
-    require(ray_wandb.WandbLoggerCallback, "_logger_actor_cls")
-
-    class FlushingLoggingActor(actor_base):
-        def run(self):
-            super().run()
-            require(self, "_wandb").teardown()
-
-    class FlushingWandbLoggerCallback(ray_wandb.WandbLoggerCallback):
-        _logger_actor_cls = FlushingLoggingActor
-
-    return FlushingWandbLoggerCallback

@@ -7,15 +7,17 @@ public reader for `.wandb` files).
 from __future__ import annotations
 
 import netrc
+import numbers
 import os
 import struct
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from study import layout
 
 DEFAULT_PROJECT = "prunestudy"
-EPOCH_HOOK = "study.tracking.define_epoch_step"
 
 
 def has_credentials() -> bool:
@@ -33,24 +35,130 @@ def configure(study_dir: Path) -> tuple[str, dict[str, str]]:
     Runs offline without credentials so nothing ever waits on the network."""
     if os.environ.get("WANDB_MODE") not in ("online", "offline", "disabled"):
         os.environ["WANDB_MODE"] = "online" if has_credentials() else "offline"
-    env = {"WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_PROCESS_RUN_INFO_HOOK": EPOCH_HOOK,
-           "WANDB_SILENT": "true", "WANDB_DIR": str(study_dir)}
+    env = {"WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_SILENT": "true", "WANDB_DIR": str(study_dir)}
     os.environ.update(env)
     return os.environ["WANDB_MODE"], env
 
 
 def define_epoch_step(run: Any) -> None:
-    """Called by Ray's W&B logging actor on each new run: plot every metric against `epoch`."""
+    """Plot every metric of a run against `epoch`."""
     run.define_metric("epoch")
     run.define_metric("*", step_metric="epoch")
 
 
 def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str):
-    from study import ray_compat
+    """The Ray Tune callback that logs every trial to W&B (`TrialRuns`)."""
+    from ray.tune.logger import LoggerCallback
 
-    return ray_compat.wandb_logger_callback_class()(
-        project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT), group=study_name,
-        tags=[method, dataset], dir=str(study_dir.resolve()), job_type="trial")
+    class TrialRuns(LoggerCallback):
+        """One W&B run per trial, all written from the driver (wandb's several runs per process,
+        `reinit="create_new"`: one wandb-core for the whole study), on one thread of their own:
+        a trial's report waits for the driver's loop, which must not wait on W&B (`wandb.init`
+        takes seconds). Ray's WandbLoggerCallback starts, per running trial, a logging actor, a
+        queue actor, a wandb-core and its system monitor: a third of a core on a 2-core machine,
+        taken from training (docs/benchmarks.md, issue 11)."""
+
+        def __init__(self) -> None:
+            self.runs: dict[str, Any] = {}  # trial id -> its run (touched on the W&B thread only)
+            self.started: set[str] = set()
+            self._thread = None
+            self.seconds = 0.0  # spent on the W&B thread
+
+        def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the tuner
+            return {"runs": {}, "started": set(), "_thread": None, "seconds": 0.0}
+
+        def _submit(self, work, *args) -> None:
+            """Run `work` on the W&B thread; a W&B failure is printed, never raised in the study."""
+            if self._thread is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="prunestudy-wandb")
+
+            def safely() -> None:
+                t0 = time.perf_counter()
+                try:
+                    work(*args)
+                except Exception as e:  # noqa: BLE001 - logging must not end a study
+                    print(f"W&B: {work.__name__.strip('_')} failed for trial {args[0]}: {e}",
+                          file=sys.stderr, flush=True)
+                self.seconds += time.perf_counter() - t0
+
+            self._thread.submit(safely)
+
+        def _init(self, trial_id: str, name: str, config: dict[str, Any], path: str) -> None:
+            import wandb
+
+            run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT), group=study_name,
+                tags=[method, dataset], dir=str(study_dir.resolve()), job_type="trial",
+                id=trial_id, name=name, config=config, reinit="create_new", allow_val_change=True,
+                settings=wandb.Settings(silent=True, x_disable_stats=True, disable_git=True,
+                                        console="off"))
+            run.config.update({"trial_log_path": path}, allow_val_change=True)
+            define_epoch_step(run)
+            self.runs[trial_id] = run
+
+        def _log(self, trial_id: str, values: dict[str, Any], step: int | None) -> None:
+            self.runs[trial_id].log(values, step=step)
+
+        def _finish(self, trial_id: str, exit_code: int) -> None:
+            run = self.runs.pop(trial_id, None)
+            if run is not None:
+                run.finish(exit_code=exit_code)
+
+        def log_trial_start(self, trial) -> None:
+            if trial.trial_id in self.started:  # restarted after a failure: the same run
+                return
+            self.started.add(trial.trial_id)
+            self._submit(self._init, trial.trial_id, str(trial), _plain(trial.config),
+                               trial.local_path)
+
+        def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+            if trial.trial_id not in self.started:
+                self.log_trial_start(trial)
+            self._submit(self._log, trial.trial_id,
+                               {k: v for k, v in result.items() if k not in _NOT_LOGGED and _number(v)},
+                               result.get("training_iteration"))
+
+        def log_trial_end(self, trial, failed: bool = False) -> None:
+            self.started.discard(trial.trial_id)
+            self._submit(self._finish, trial.trial_id, 1 if failed else 0)
+
+        def on_experiment_end(self, trials, **info) -> None:
+            for trial_id in list(self.started):
+                self._submit(self._finish, trial_id, 0)
+            if self._thread is not None:  # every run written before the study returns
+                self._thread.shutdown(wait=True)
+                self._thread = None
+            # the W&B part of the harness's time (`prunestudy bench overhead` reads it)
+            if (study_dir / layout.STUDY_JSON).exists():
+                info = layout.read_info(study_dir)
+                layout.write_info(study_dir, {**info, "wandb_seconds": round(self.seconds, 2)})
+
+    return TrialRuns()
+
+
+# Ray's bookkeeping in every result (the config is logged once, as the run's config)
+_NOT_LOGGED = {"config", "done", "should_checkpoint", "trial_id", "experiment_tag", "node_ip",
+               "hostname", "pid", "date"}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Number)
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as W&B stores it: plain values; anything else as its text."""
+    import json
+
+    out = {}
+    for k, v in config.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            out[k] = str(v)
+    return out
 
 
 def offline_runs(study_dir: Path) -> list[Path]:

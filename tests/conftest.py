@@ -349,8 +349,7 @@ _SESSION_STUDIES: list[Studies] = []
 
 @pytest.fixture(scope="session")
 def studies(request, tmp_path_factory, data_dir, mnist, _isolated_env):
-    """Starts, at the first test, the background studies the selected tests read (`mnist` first:
-    MNIST is unpacked into the cache once, before any driver loads it)."""
+    """Starts, at the first test, the background studies the selected tests read."""
     names = sorted({n for item in request.session.items for n in _needed_studies(item)})
     running = Studies(names, tmp_path_factory, data_dir)
     _SESSION_STUDIES.append(running)

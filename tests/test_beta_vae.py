@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -91,16 +93,22 @@ def test_cnn_variant_has_no_decoder_and_no_kl(mnist_small):
     assert reports[-1]["sparsity"] < 1e-3
 
 
-def test_vae_reports_its_diagnostics_each_epoch(mnist_small):
+def test_vae_reports_its_diagnostics_while_it_trains_and_at_phase_ends(mnist_small):
     reports = []
-    train(tiny_config(latent_dim=3), mnist_small, lambda m, d: reports.append(m))
+    train(tiny_config(latent_dim=3, epochs=2, head_epochs=2), mnist_small, lambda m, d: reports.append(m))
     first = reports[0]
     assert first["phase"] == "train"
     kl_dims = [first[f"vae/kl_per_dim/{j}"] for j in range(3)]
     assert abs(sum(kl_dims) - first["vae/kl"]) < 1e-4
     assert 0 <= first["vae/active_units"] <= 3
-    assert {"train/kl", "train/recon", "train/ce", "vae/recon"} <= set(first)
-    assert all("vae/active_units" in m for m in reports)
+    assert {"train/kl", "train/recon", "train/ce"} <= set(first)
+    assert ["vae/kl" in m for m in reports] == [True, True, False, False, False]
+    # the decoder's pass once, where the VAE phase ends (mnist_small: 1,000 validation images,
+    # all decoded; RECON_SAMPLES caps it at 2,000)
+    assert ["vae/recon" in m for m in reports] == [False, True, False, False, False]
+    assert 0 < reports[1]["vae/recon"] < 28 * 28 * math.log(2) + 1
+    # mid-phase after the VAE's: no encoder pass nobody reads (epoch 3 is the head phase's first)
+    assert ["vae/active_units" in m for m in reports] == [True, True, False, True, True]
     assert "test_accuracy" in reports[-1] and "test_accuracy" not in reports[0]
 
 

@@ -285,3 +285,29 @@ def test_a_checkpoint_interval_keeps_the_state_only_when_due_and_always_at_the_e
     every = []
     train(config, mnist_small, lambda m, d: every.append(d is not None), checkpoint_every=0.0)
     assert every == [True] * len(kept)
+
+
+# --- the CUDA layout, exercised on the CPU -------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_channels_last_keeps_the_optimizers_parameters_and_the_outputs(method, mnist_small):
+    """On CUDA the trainable puts every method's networks in channels_last; the conversion must
+    leave the optimizer holding the very parameters it steps, and the network's function unchanged
+    (conv models: a beta_vae encoder, and Conv4 for reparam)."""
+    from study.data import batches
+    from study.trainable import setup, to_channels_last
+
+    overrides = {"model": "conv4"} if method == "reparam" else {}
+    _, data, m, _ = setup(tiny(method, **overrides), mnist_small)
+    held = [id(p) for group in m.optimizer.param_groups for p in group["params"]]
+    x = next(batches(data.val_x, data.val_y, 16))[0]
+    model = m.inference_model().eval()
+    with torch.no_grad():
+        before = model(x)
+        to_channels_last(m)
+        after = m.inference_model().eval()(x.contiguous(memory_format=torch.channels_last))
+    assert [id(p) for group in m.optimizer.param_groups for p in group["params"]] == held
+    convs = [mod for mod in m.inference_model().modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert (len(convs) > 0) == (method != "importance")
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
