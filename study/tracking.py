@@ -31,7 +31,7 @@ def has_credentials() -> bool:
 
 
 def configure(study_dir: Path) -> tuple[str, dict[str, str]]:
-    """Choose the W&B mode before Ray starts; returns (mode, env vars the logging actors need).
+    """Choose the W&B mode before Ray starts; returns (mode, env vars Ray passes to its workers).
     Runs offline without credentials so nothing ever waits on the network."""
     if os.environ.get("WANDB_MODE") not in ("online", "offline", "disabled"):
         os.environ["WANDB_MODE"] = "online" if has_credentials() else "offline"

@@ -101,7 +101,7 @@ def ray_pids(marker: str | Path = "raylet|gcs_server") -> set[int]:
 
 def ray_env_pids(ray_dir: Path) -> set[int]:
     """Every process started with RAY_TMPDIR=ray_dir, Ray's workers too (their titles, such as
-    `ray::FlushingLoggingActor`, do not name the folder)."""
+    `ray::ImplicitFunc.train`, do not name the folder)."""
     entry, pids = f"RAY_TMPDIR={ray_dir}".encode(), set()
     for proc in Path("/proc").iterdir():
         try:
