@@ -39,6 +39,7 @@ VOCABULARY = {m.name: m for m in (
     Metric("epoch_seconds", None, "training seconds of the epoch (evaluation excluded)"),
     Metric("eval_seconds", None, "seconds of the epoch's evaluation (validation; test at the end)"),
     Metric("size_seconds", None, "seconds of the epoch's size metrics"),
+    Metric("rung_seconds", None, "(--scheduler mo-asha) seconds of the rung objectives, at rungs"),
     Metric("diagnostics_seconds", None, "seconds of the method's end-of-epoch diagnostics"),
     Metric("save_seconds", None, "seconds to save the previous epoch's state, when it was "
            "checkpointed (--checkpoint-every)"),

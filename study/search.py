@@ -18,12 +18,14 @@ import optuna.distributions as od
 
 from study import layout, ray_compat
 from study.config import ConfigError
+from study.constraints import Constraint, feasible, parse_constraints, tell_constraints
 from study.data import DATASETS, DataError, Dataset, default_data_dir, load_dataset
 from study.methods import METHODS
 from study.metrics import OBJECTIVES, mode
 from study.spaces import StudySpace, load_space, parse_assignment
 
 SAMPLERS = ("tpe", "nsga2", "random")
+SCHEDULERS = ("fifo", "mo-asha")  # mo-asha: multi-objective successive halving (study.scheduler)
 CHECKPOINT_EVERY = 30.0  # seconds: a checkpoint (and Ray's experiment snapshot) costs ~1 s here
 
 
@@ -48,6 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
+                   help="fifo: every trial runs its whole schedule; mo-asha: multi-objective "
+                   "successive halving stops trials at rung epochs (README)")
+    p.add_argument("--grace-period", type=int, default=None, metavar="EPOCHS",
+                   help="mo-asha: epochs before the first rung (default 1)")
+    p.add_argument("--reduction-factor", type=float, default=None, metavar="R",
+                   help="mo-asha: rungs at grace * R^k epochs; 1 trial in R continues at each "
+                   "(default 3)")
+    p.add_argument("--constraint", action="append", default=[], metavar="'METRIC>=X'",
+                   help="feasible trials meet it (METRIC>=X or METRIC<=X, any reported metric; "
+                   "repeatable): Optuna's samplers prefer them; fronts, hypervolumes and exports "
+                   "count only them")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler and, unless set, the trials")
     p.add_argument("--name", help="study name (default: METHOD-DATASET-TIMESTAMP)")
     p.add_argument("--storage-dir", default="runs", help="parent folder of studies")
@@ -71,6 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("num_samples", "cpus_per_trial"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.scheduler != "mo-asha" and (args.grace_period, args.reduction_factor) != (None, None):
+        p.error("--grace-period and --reduction-factor need --scheduler mo-asha")
+    if args.grace_period is not None and args.grace_period < 1:
+        p.error(f"--grace-period must be at least 1 epoch, got {args.grace_period}")
+    if args.reduction_factor is not None and not args.reduction_factor > 1:
+        p.error(f"--reduction-factor must be above 1, got {args.reduction_factor:g}")
+    if args.resume and (args.scheduler != "fifo" or args.constraint):
+        p.error("--scheduler and --constraint are the study's: they cannot change on --resume")
     if args.gpus_per_trial < 0 or args.max_concurrent < 0 or args.max_failures < 0 or (
             args.checkpoint_every or 0) < 0:
         p.error("--gpus-per-trial, --max-concurrent, --max-failures and --checkpoint-every must "
@@ -119,12 +141,17 @@ def make_sampler(name: str, seed: int):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, seed: int):
+def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, seed: int,
+                  constraints: list[Constraint] | None = None):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from study.scheduler import record_stopped, stopped_at
+
     class LinkedOptunaSearch(OptunaSearch):
-        """OptunaSearch that records each Ray trial id on its Optuna trial, so the two agree."""
+        """OptunaSearch that records each Ray trial id on its Optuna trial, so the two agree; tells
+        Optuna the study's constraints (study.constraints) and the trials MO-ASHA stopped."""
+        study_constraints: list[Constraint] = []  # the study's, set below (none in older studies)
 
         def suggest(self, trial_id: str) -> dict | None:
             params = super().suggest(trial_id)
@@ -144,7 +171,8 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
                     study.add_trial(optuna.trial.create_trial(
                         params=failed.params, distributions=failed.distributions,
                         values=[result[m] for m in OBJECTIVES],
-                        user_attrs={**failed.user_attrs, "resumed_after_failure_of": failed.number}))
+                        user_attrs={**failed.user_attrs, "resumed_after_failure_of": failed.number,
+                                    "feasible": feasible(self.study_constraints, result)}))
                 return
             ended = [k for k in ("diverged", "degenerate") if result and result.get(k)]
             if ended and trial_id not in completed:
@@ -155,6 +183,17 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 completed.add(trial_id)
                 return
+            if not error and trial_id not in completed and stopped_at(result) is not None:
+                # stopped at a rung by --scheduler mo-asha: PRUNED with its rung (study.scheduler).
+                # Only a scheduler's STOP ends a trial on a rung report: an interrupted driver
+                # never calls on_trial_complete (Ray's cleanup stops actors only)
+                record_stopped(study, ray_compat.optuna_trial(self, trial_id), result)
+                completed.add(trial_id)
+                return
+            if (self.study_constraints and result and not error and trial_id not in completed
+                    and all(m in result for m in OBJECTIVES)):
+                tell_constraints(ray_compat.optuna_trial(self, trial_id), self.study_constraints,
+                                 result)
             super().on_trial_complete(trial_id, result, error)
 
     storage = layout.optuna_storage(study_dir)
@@ -162,10 +201,22 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
                                   mode=[mode(m) for m in OBJECTIVES],
                                   sampler=make_sampler(sampler, seed), storage=storage,
                                   study_name=name)
+    # an attribute of the searcher: saved with its state (OptunaSearch pickles __dict__)
+    searcher.study_constraints = constraints or []
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr("fixed", space.fixed)
+    study.set_user_attr("constraints", [str(c) for c in constraints or []])
     study.set_metric_names(list(OBJECTIVES))
     return searcher
+
+
+def make_scheduler(info: dict[str, Any], study_dir: Path):
+    """The study's Ray Tune scheduler: None (Ray's FIFO) or MO-ASHA (study.scheduler)."""
+    if info["scheduler"] != "mo-asha":
+        return None
+    from study.scheduler import MultiObjectiveASHA
+
+    return MultiObjectiveASHA(info["grace_period"], info["reduction_factor"], study_dir=str(study_dir))
 
 
 def trial_dirname(trial) -> str:
@@ -230,9 +281,20 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
     data_dir = Path(args.data_dir or default_data_dir()).resolve()
     data = load_dataset(dataset_name, data_dir)  # fail before creating anything
     data.with_label(space.fixed.get("label_factor", ""))
+    constraints = parse_constraints(args.constraint)
+    scheduler = {"scheduler": args.scheduler}
+    if args.scheduler == "mo-asha":
+        from study.scheduler import GRACE_PERIOD, REDUCTION_FACTOR, format_rung_epochs, rung_epochs
+
+        scheduler.update(grace_period=args.grace_period or GRACE_PERIOD,
+                         reduction_factor=args.reduction_factor or REDUCTION_FACTOR)
+        # every trial reports its rung objectives at the rungs (the trial setting rung_epochs)
+        space.fixed["rung_epochs"] = format_rung_epochs(
+            rung_epochs(scheduler["grace_period"], scheduler["reduction_factor"]))
     info = {"name": name, "method": args.method, "dataset": dataset_name, "data_dir": str(data_dir),
             "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
-            "sampler": args.sampler, "seed": args.seed, "num_samples": args.num_samples or 8,
+            "sampler": args.sampler, **scheduler, "constraints": [str(c) for c in constraints],
+            "seed": args.seed, "num_samples": args.num_samples or 8,
             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "checkpoint_every": CHECKPOINT_EVERY if args.checkpoint_every is None
             else args.checkpoint_every, "argv": sys.argv[1:]}
@@ -341,7 +403,9 @@ def run(args: argparse.Namespace) -> int:
             tuner = tune.Tuner(
                 trainable, param_space=space.fixed,
                 tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(space, study_dir, name, args.sampler, args.seed),
+                    search_alg=make_searcher(space, study_dir, name, args.sampler, args.seed,
+                                             parse_constraints(info["constraints"])),
+                    scheduler=make_scheduler(info, study_dir),
                     num_samples=info["num_samples"], max_concurrent_trials=args.max_concurrent or None,
                     reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(

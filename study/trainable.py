@@ -207,6 +207,11 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     trial, data, method, schedule = setup(config, data, data_dir)
     total = sum(n for _, n in schedule)
     dense = DenseReference.of(method.inference_model(), data.input_shape)
+    rungs: set[int] = set()  # epochs that also report the rung objectives (--scheduler mo-asha)
+    if trial.rung_epochs:
+        from study.scheduler import parse_rung_epochs, rung_objectives
+
+        rungs = set(parse_rung_epochs(trial.rung_epochs))
     batch_rng = torch.Generator().manual_seed(trial.seed)
     start, at_chance = 0, 0  # at_chance: consecutive epochs at chance accuracy, up to now
     if resume is not None:
@@ -247,6 +252,11 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
                            data.val_x, data.val_y, data.val_factors, trial.eval_batch_size)
             with watch("size_seconds"):
                 size = size_metrics(model, dense, data.input_shape)
+            rung = {}
+            if epoch + 1 in rungs and not last:  # the last epoch reports the final state itself
+                with watch("rung_seconds"):
+                    rung = rung_objectives(method, dense, data.val_x, data.val_y,
+                                           trial.eval_batch_size)
             with watch("diagnostics_seconds"):
                 diagnostics = method.end_epoch(end)
             if last:  # measured once, at the end; only reported, never optimized
@@ -254,7 +264,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
                     test_accuracy = accuracy(model, data.test_x, data.test_y, trial.eval_batch_size)
         metrics = {"epoch": epoch + 1, "total_epochs": total, "phase": phase,
                    "epoch_seconds": seconds, **terms, "val_accuracy": val_accuracy,
-                   "num_classes": data.num_classes, **size, **diagnostics, **watch.seconds,
+                   "num_classes": data.num_classes, **size, **rung, **diagnostics, **watch.seconds,
                    **previous}
         if last:
             metrics["test_accuracy"] = test_accuracy

@@ -46,6 +46,9 @@ class Method(Protocol):
       end_epoch(EpochEnd)            the measured validation accuracy in; schedulers and early
                                      stopping move here; returns the method's metrics
     `state_dict`/`load_state_dict` cover everything needed to continue after any epoch.
+    Optional: `probe_model()`, a copy of the inference network pruned to the trial's final target
+    without the training left (or None: the network as it is), measured at MO-ASHA's rungs
+    (study.scheduler.rung_objectives); it must change no state and draw no random numbers.
     """
     Config: type  # a dataclass of settings (study.config.setting), defaults from the paper
     optimizer: torch.optim.Optimizer  # what the trainable steps; a method may replace it

@@ -10,6 +10,7 @@ cross-entropy only, no decoder, no KL.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,6 @@ from study.data import batches
 from study.methods.base import DataInfo, EpochEnd
 from study.models import BetaVAEClassifier, beta_vae_hidden
 from study.sparsity import PRUNABLE
-
 
 # `vae/recon` decodes this many validation images (fixed: the first ones): the decoder's pass over
 # all 6,000 took 3.5-4.6 s of a default trial's 66 s of training (issue 11). A diagnostic only
@@ -183,6 +183,16 @@ class BetaVAE:
 
     def inference_model(self) -> nn.Module:
         return self.model.inference_model()
+
+    def probe_model(self) -> nn.Module | None:
+        """MO-ASHA's rung probe (study.scheduler): a copy of the classifier pruned per layer to
+        `layer_sparsity`, as the prune phase will prune it, without its fine-tuning; None once
+        pruned (or never pruned): the network as it is is then its final state."""
+        if self.pruned or self.cfg.layer_sparsity == 0:
+            return None
+        probe = copy.deepcopy(self.inference_model())
+        prune_per_layer(probe, self.cfg.layer_sparsity)
+        return probe
 
     @torch.no_grad()
     def end_epoch(self, end: EpochEnd) -> dict[str, float]:

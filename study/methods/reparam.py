@@ -319,6 +319,17 @@ class Reparam:
             return self.plain
         return self.model
 
+    def probe_model(self) -> nn.Module | None:
+        """MO-ASHA's rung probe (study.scheduler): a copy of the network being trained (reparam:
+        the apparent one) with its round(p * N) smallest weights zeroed by one global threshold,
+        as `finish` will prune it, without the training left; None after training (mag_ft's masks,
+        or pruned): the network as it is is then at its target."""
+        if self.stage != "train":
+            return None
+        probe = copy.deepcopy(self.inference_model())
+        prune_globally(probe, self.cfg.pruning_rate)
+        return probe
+
     def model_before_pruning(self) -> nn.Module:
         """The plain network evaluated as 'before effective pruning'."""
         if self.before is None:
