@@ -6,6 +6,7 @@
     python -m study.bench importance-curve --seeds 3                    # reddy Fig. 1 / Table 1
     python -m study.bench overhead beta_vae                             # harness vs bare training
     python -m study.bench throughput beta_vae --per-device 1 2 4 8      # packed trials per device
+    python -m study.bench samplers reparam --samplers tpe nsga2 random --trials 64 --seeds 3
 
 Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
 """
@@ -433,6 +434,69 @@ def bench_throughput(args: argparse.Namespace) -> None:
                      f"{r['samples_per_second']:.0f} samples/s" for r in rows))
 
 
+def bench_samplers(args: argparse.Namespace) -> None:
+    """Studies of the same method, one per (sampler, scheduler, seed), through study.search; per
+    (sampler, scheduler): the mean +- std hypervolume after 1..N trials, the trials its mean curve
+    needs to reach random search's (fifo) N-trial mean hypervolume, and the hypervolume each
+    reaches within the smallest total epochs any of them ran (schedulers compared at equal cost)."""
+    import tempfile
+
+    import numpy as np
+
+    from analysis.hypervolume import at_budget, by_trials, hypervolume_curves, trials_to_reach
+    from analysis.results import load_study
+
+    storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-samplers-"))
+    curves: dict[tuple[str, str], list] = {}
+    for scheduler in args.schedulers:
+        for sampler in args.samplers:
+            for k in range(args.seeds):
+                name = f"samplers-{args.method}-{sampler}-{scheduler}-{k}"
+                if not (storage / name / "study.json").exists():  # a bench interrupted: kept
+                    args.seed = k
+                    _timed_study(args, name, storage, args.trials, args.max_concurrent,
+                                 ["--sampler", sampler, "--scheduler", scheduler,
+                                  *shlex.split(args.search_flags)])
+                c = hypervolume_curves(load_study(storage / name))
+                fronts = c["front"].unique()
+                if len(fronts) != 1:
+                    raise SystemExit(f"study {name} has {len(fronts)} fronts; the bench compares one")
+                curves.setdefault((sampler, scheduler), []).append(c)
+    budget = min(c["epochs"].max() for runs in curves.values() for c in runs)
+    table = {}
+    for (sampler, scheduler), runs in curves.items():
+        hv = np.array([by_trials(c, args.trials) for c in runs])
+        table[(sampler, scheduler)] = {
+            "mean": hv.mean(axis=0), "std": hv.std(axis=0, ddof=1) if len(runs) > 1 else 0 * hv[0],
+            "at_budget": [at_budget(c, "epochs", budget) for c in runs],
+            "seconds": [float(c["seconds"].max()) for c in runs],
+            "epochs": [int(c["epochs"].max()) for c in runs]}
+    reference = table.get(("random", "fifo"))
+    target = float(reference["mean"][-1]) if reference else float("nan")
+    print(f"\n{args.method}: {args.trials} trials x {args.seeds} seeds; hypervolume mean +- std "
+          f"after n trials (val_accuracy x sparsity, reference (0, 0)); studies in {storage}")
+    marks = sorted({1, *range(8, args.trials + 1, 8), args.trials})
+    print(f"{'sampler/scheduler':<20}" + "".join(f"{f'n={n}':>16}" for n in marks))
+    for (sampler, scheduler), row in table.items():
+        print(f"{sampler + '/' + scheduler:<20}" + "".join(
+            f"{row['mean'][n - 1]:>9.4f} +- {row['std'][n - 1]:.3f}" for n in marks))
+    rows = []
+    for (sampler, scheduler), row in table.items():
+        needed = trials_to_reach(row["mean"], target) if reference else None
+        rows.append({"method": args.method, "sampler": sampler, "scheduler": scheduler,
+                     "trials": args.trials, "seeds": args.seeds,
+                     "hypervolume_mean": round(float(row["mean"][-1]), 5),
+                     "hypervolume_std": round(float(row["std"][-1]), 5),
+                     "trials_to_reach_random": needed,
+                     "epoch_budget": int(budget),
+                     "hypervolume_at_budget_mean": round(statistics.fmean(row["at_budget"]), 5),
+                     "epochs_mean": round(statistics.fmean(row["epochs"]), 1),
+                     "seconds_mean": round(statistics.fmean(row["seconds"]), 1)})
+        print(json.dumps(rows[-1]))
+    if reference:
+        print(f"random search (fifo) reaches {target:.4f} after {args.trials} trials (mean)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -488,11 +552,26 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--storage-dir", help="where the studies go (default: a temporary folder)")
     h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    m = sub.add_parser("samplers", help="studies per sampler (and scheduler) and seed: hypervolume "
+                       "curves, trials to reach random search's, hypervolume at equal epochs")
+    m.add_argument("method", choices=sorted(METHODS))
+    m.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"],
+                   choices=["tpe", "nsga2", "random"])
+    m.add_argument("--schedulers", nargs="+", default=["fifo"], choices=["fifo", "mo-asha"])
+    m.add_argument("--trials", type=int, default=64, help="trials per study")
+    m.add_argument("--seeds", type=int, default=3, help="studies per sampler (sampler seeds 0, 1, ...)")
+    m.add_argument("--max-concurrent", type=int, default=2)
+    m.add_argument("--storage-dir", help="where the studies go (default: a temporary folder); "
+                   "studies already there are read, not run again")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    m.add_argument("--search-flags", default="", metavar="'FLAGS'",
+                   help="more flags for study.search, quoted (e.g. '--grace-period 1')")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
     {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
      "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve,
-     "overhead": bench_overhead, "throughput": bench_throughput}[args.bench](args)
+     "overhead": bench_overhead, "throughput": bench_throughput,
+     "samplers": bench_samplers}[args.bench](args)
     return 0
 
 
