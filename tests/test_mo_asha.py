@@ -28,8 +28,10 @@ def _mo_asha_study(ctx):
     study_dir = ctx.folder / "moasha"
     robust = None
     if search.returncode == 0:
-        robust = ctx.run("analysis.robust", str(study_dir), "--seeds", "2", "--out",
-                         str(ctx.folder / "robust"), env={"RAY_TMPDIR": str(ctx.ray_dir())})
+        # one run at a time (one Ray worker importing torch), no W&B: the suite's time is short
+        robust = ctx.run("analysis.robust", str(study_dir), "--seeds", "2", "--max-concurrent",
+                         "1", "--no-wandb", "--out", str(ctx.folder / "robust"),
+                         env={"RAY_TMPDIR": str(ctx.ray_dir())})
     return study_dir, search, robust
 
 
