@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import add_chance_margin, at_chance, group_name, hypervolume_2d, is_feasible
+from analysis.pareto import (add_chance_margin, at_chance, group_name, hypervolume_2d, is_feasible,
+                             save_figure)
 from study import layout
 from study.metrics import CHANCE_MARGIN, OBJECTIVES
 
@@ -98,9 +99,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

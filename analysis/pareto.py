@@ -190,10 +190,22 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
         f = table[table["front"] == name].sort_values(x)
         if not f.empty:
             ax.step(f[x], f[y], where="post", color=color, lw=2, label=f"{name} front")
+    finish_scatter(fig, ax, x, y, path)
+
+
+def finish_scatter(fig, ax, x: str, y: str, path: Path) -> None:
+    """An objective plane's axes labelled, gridded and with its legend; written (`save_figure`)."""
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Every analysis PNG: laid out, written at 120 dpi, closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

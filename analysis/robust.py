@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import fronts, pareto_mask
+from analysis.pareto import finish_scatter, fronts, pareto_mask
 from study import layout
 from study.metrics import OBJECTIVES
 
@@ -131,13 +131,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
                     color=color, capsize=3, label=f"{name}: mean +- std over new seeds")
         ax.scatter(g[x], g[y], facecolors="none", edgecolors=color, s=40,
                    label=f"{name}: the study's run")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_scatter(fig, ax, x, y, path)
 
 
 def log_to_wandb(summary: pd.DataFrame, study_dir: Path, info: dict[str, Any]) -> str:

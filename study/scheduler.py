@@ -72,24 +72,22 @@ def parse_rung_epochs(text: str) -> list[int]:
     return epochs
 
 
-def rung_objectives(method, dense, x, y, batch_size: int) -> dict[str, float]:
+def rung_objectives(method, dense, x, y, batch_size: int, measured: tuple[float, float]
+                    ) -> dict[str, float]:
     """The rung objectives of a trial now: its method's `probe_model()` (a copy of its network
-    pruned to the trial's final target, not fine-tuned), or, for a method without one or whose
-    probe is None (already at its target), its inference network as it is; validation accuracy
-    and sparsity (1 - nonzero parameters / dense parameters) counted from the tensors, as the
-    trainable counts `sparsity`. Reads the method's state, never changes it (nor any RNG)."""
-    import torch
-
+    pruned to the trial's final target, not fine-tuned), evaluated on (x, y), its sparsity counted
+    from the tensors as the trainable counts `sparsity`; for a method without a probe, or whose
+    probe is None (already at its target), its network as it is: `measured`, the epoch's own
+    (val_accuracy, sparsity). Reads the method's state, never changes it (nor any RNG)."""
     from study.metrics import accuracy
-    from study.sparsity import effective_parameters
+    from study.sparsity import sparsity
 
     probe = getattr(method, "probe_model", None)
     model = probe() if probe is not None else None
     if model is None:
-        model = method.inference_model()
-    nonzero = sum(int(torch.count_nonzero(t)) for t in effective_parameters(model).values())
+        return dict(zip(RUNG_OBJECTIVES, measured, strict=True))
     return {RUNG_OBJECTIVES[0]: accuracy(model, x, y, batch_size),
-            RUNG_OBJECTIVES[1]: 1.0 - nonzero / dense.params}
+            RUNG_OBJECTIVES[1]: sparsity(model, dense)}
 
 
 # --- the promotion rule (pure) --------------------------------------------------------------------

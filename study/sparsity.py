@@ -88,12 +88,20 @@ class DenseReference:
                    flops=2 * macs_per_sample(model, input_shape, nonzero_only=False))
 
 
+def nonzero_count(params: dict[str, torch.Tensor]) -> int:
+    return sum(int(torch.count_nonzero(t)) for t in params.values())
+
+
+def sparsity(model: nn.Module, dense: DenseReference) -> float:
+    """1 - nonzero parameters of `model` / parameters of the dense architecture."""
+    return 1.0 - nonzero_count(effective_parameters(model)) / dense.params
+
+
 def size_metrics(model: nn.Module, dense: DenseReference, input_shape: tuple[int, ...]) -> dict[str, float]:
     """DESIGN.md's size vocabulary. sparsity = 1 - nonzero parameters / dense parameters."""
     params = effective_parameters(model)  # once: every count below reads these tensors
-    nonzero = sum(int(torch.count_nonzero(t)) for t in params.values())
-    prunable_nonzero = sum(int(torch.count_nonzero(t))
-                           for t in prunable_weights(model, params).values())
+    nonzero = nonzero_count(params)
+    prunable_nonzero = nonzero_count(prunable_weights(model, params))
     return {
         "params": sum(t.numel() for t in params.values()),
         "nonzero_params": nonzero,

@@ -111,14 +111,15 @@ def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str)
                 return
             self.started.add(trial.trial_id)
             self._submit(self._init, trial.trial_id, str(trial), _plain(trial.config),
-                               trial.local_path)
+                         trial.local_path)
 
         def log_trial_result(self, iteration: int, trial, result: dict) -> None:
             if trial.trial_id not in self.started:
                 self.log_trial_start(trial)
             self._submit(self._log, trial.trial_id,
-                               {k: v for k, v in result.items() if k not in _NOT_LOGGED and _number(v)},
-                               result.get("training_iteration"))
+                         {k: v for k, v in result.items()
+                          if k not in _NOT_LOGGED and isinstance(v, numbers.Number)},
+                         result.get("training_iteration"))
 
         def log_trial_end(self, trial, failed: bool = False) -> None:
             self.started.discard(trial.trial_id)
@@ -141,10 +142,6 @@ def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str)
 # Ray's bookkeeping in every result (the config is logged once, as the run's config)
 _NOT_LOGGED = {"config", "done", "should_checkpoint", "trial_id", "experiment_tag", "node_ip",
                "hostname", "pid", "date"}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Number)
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

@@ -256,7 +256,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
             if epoch + 1 in rungs and not last:  # the last epoch reports the final state itself
                 with watch("rung_seconds"):
                     rung = rung_objectives(method, dense, data.val_x, data.val_y,
-                                           trial.eval_batch_size)
+                                           trial.eval_batch_size, (val_accuracy, size["sparsity"]))
             with watch("diagnostics_seconds"):
                 diagnostics = method.end_epoch(end)
             if last:  # measured once, at the end; only reported, never optimized
