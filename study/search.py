@@ -24,7 +24,10 @@ from study.methods import METHODS
 from study.metrics import OBJECTIVES, mode
 from study.spaces import StudySpace, load_space, parse_assignment
 
-SAMPLERS = ("tpe", "nsga2", "random")
+# --sampler NAME: Optuna's sampler class, and the settings prunestudy gives it unless
+# --sampler-arg says otherwise (measured: docs/benchmarks.md, "Samplers")
+SAMPLERS = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {}
 SCHEDULERS = ("fifo", "mo-asha")  # mo-asha: multi-objective successive halving (study.scheduler)
 CHECKPOINT_EVERY = 30.0  # seconds: a checkpoint (and Ray's experiment snapshot) costs ~1 s here
 
@@ -49,7 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="trials at once (0: as many as the resources allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="tpe")
+    p.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the sampler's Optuna class (e.g. n_startup_trials=5, "
+                   "population_size=16; repeatable); the value is read as YAML")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
                    help="fifo: every trial runs its whole schedule; mo-asha: multi-objective "
                    "successive halving stops trials at rung epochs (README)")
@@ -91,8 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--grace-period must be at least 1 epoch, got {args.grace_period}")
     if args.reduction_factor is not None and not args.reduction_factor > 1:
         p.error(f"--reduction-factor must be above 1, got {args.reduction_factor:g}")
-    if args.resume and (args.scheduler != "fifo" or args.constraint):
-        p.error("--scheduler and --constraint are the study's: they cannot change on --resume")
+    if args.resume and (args.scheduler != "fifo" or args.constraint or args.sampler_arg):
+        p.error("--scheduler, --constraint and --sampler-arg are the study's: they cannot change "
+                "on --resume")
     if args.gpus_per_trial < 0 or args.max_concurrent < 0 or args.max_failures < 0 or (
             args.checkpoint_every or 0) < 0:
         p.error("--gpus-per-trial, --max-concurrent, --max-failures and --checkpoint-every must "
@@ -131,18 +138,40 @@ def build_space(args: argparse.Namespace) -> StudySpace:
     return space
 
 
-def make_sampler(name: str, seed: int):
+def sampler_settings(name: str, assignments: list[str]) -> dict[str, Any]:
+    """The keyword arguments of --sampler NAME's Optuna class: prunestudy's defaults, then each
+    --sampler-arg KEY=VALUE; ConfigError for a key the class does not take."""
+    import inspect
+
     import optuna
 
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    cls = getattr(optuna.samplers, SAMPLERS[name])
+    known = set(inspect.signature(cls).parameters) - {"seed", "constraints_func"}  # the study's
+    settings = dict(SAMPLER_DEFAULTS.get(name, {}))
+    for text in assignments:
+        key, value = parse_assignment(text, "--sampler-arg")
+        if key not in known:
+            raise ConfigError(f"--sampler-arg {key}: not a setting of optuna.samplers."
+                              f"{cls.__name__} (settings: {', '.join(sorted(known))})")
+        settings[key] = value
+    try:
+        cls(**settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--sampler-arg: optuna.samplers.{cls.__name__} refused {settings}: "
+                          f"{e}") from None
+    return settings
+
+
+def make_sampler(name: str, seed: int, settings: dict[str, Any] | None = None):
+    import optuna
+
+    cls = getattr(optuna.samplers, SAMPLERS[name])
+    return cls(seed=seed, **(SAMPLER_DEFAULTS.get(name, {}) if settings is None else settings))
 
 
 def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, seed: int,
-                  constraints: list[Constraint] | None = None):
+                  constraints: list[Constraint] | None = None,
+                  sampler_args: dict[str, Any] | None = None):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -199,7 +228,8 @@ def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, s
     storage = layout.optuna_storage(study_dir)
     searcher = LinkedOptunaSearch(space=space.search, metric=list(OBJECTIVES),
                                   mode=[mode(m) for m in OBJECTIVES],
-                                  sampler=make_sampler(sampler, seed), storage=storage,
+                                  sampler=make_sampler(sampler, seed, sampler_args),
+                                  storage=storage,
                                   study_name=name)
     # an attribute of the searcher: saved with its state (OptunaSearch pickles __dict__)
     searcher.study_constraints = constraints or []
@@ -282,6 +312,7 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
     data = load_dataset(dataset_name, data_dir)  # fail before creating anything
     data.with_label(space.fixed.get("label_factor", ""))
     constraints = parse_constraints(args.constraint)
+    sampler_args = sampler_settings(args.sampler, args.sampler_arg)
     scheduler = {"scheduler": args.scheduler}
     if args.scheduler == "mo-asha":
         from study.scheduler import GRACE_PERIOD, REDUCTION_FACTOR, format_rung_epochs, rung_epochs
@@ -293,7 +324,7 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
             rung_epochs(scheduler["grace_period"], scheduler["reduction_factor"]))
     info = {"name": name, "method": args.method, "dataset": dataset_name, "data_dir": str(data_dir),
             "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
-            "sampler": args.sampler, **scheduler, "constraints": [str(c) for c in constraints],
+            "sampler": args.sampler, "sampler_args": sampler_args, **scheduler, "constraints": [str(c) for c in constraints],
             "seed": args.seed, "num_samples": args.num_samples or 8,
             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "checkpoint_every": CHECKPOINT_EVERY if args.checkpoint_every is None
@@ -404,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
                 trainable, param_space=space.fixed,
                 tune_config=tune.TuneConfig(
                     search_alg=make_searcher(space, study_dir, name, args.sampler, args.seed,
-                                             parse_constraints(info["constraints"])),
+                                             parse_constraints(info["constraints"]),
+                                             info["sampler_args"]),
                     scheduler=make_scheduler(info, study_dir),
                     num_samples=info["num_samples"], max_concurrent_trials=args.max_concurrent or None,
                     reuse_actors=True, trial_dirname_creator=trial_dirname),

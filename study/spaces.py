@@ -134,11 +134,11 @@ def load_space(method: str, path: str | Path | None = None) -> StudySpace:
     return space
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """`key=value` from --set; the value is read as YAML (numbers, booleans, strings)."""
+def parse_assignment(text: str, flag: str = "--set") -> tuple[str, Any]:
+    """`key=value` from --set (or `flag`); the value is read as YAML (numbers, booleans, strings)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"{flag} expects key=value, got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:

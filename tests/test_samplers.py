@@ -1,0 +1,48 @@
+"""`--sampler NAME --sampler-arg KEY=VALUE`: prunestudy's sampler settings reach Optuna's sampler,
+are recorded in study.json, and a setting Optuna's class does not take is a one-line error."""
+from __future__ import annotations
+
+import pytest
+
+from study import layout, ray_compat, search
+from tests.conftest import run_main
+
+
+def test_sampler_args_reach_the_optuna_sampler_and_study_json(tmp_path, data_dir):
+    args = search.parse_args(["reparam", "--sampler", "nsga2", "--sampler-arg", "population_size=4",
+                              "--name", "s", "--storage-dir",
+                              str(tmp_path), "--data-dir", str(data_dir)])
+    study_dir, info, _ = search._new_study(args)
+    assert info["sampler_args"] == {"population_size": 4}
+    searcher = search.make_searcher(info["space"], tmp_path, "s", "nsga2", 0, None,
+                                    info["sampler_args"])
+    sampler = ray_compat.optuna_study(searcher).sampler
+    assert type(sampler).__name__ == "NSGAIISampler"
+    assert sampler._population_size == 4
+    search._create_study(study_dir, info)
+    assert layout.read_info(study_dir)["sampler_args"] == {"population_size": 4}
+
+
+@pytest.mark.parametrize("name", list(search.SAMPLERS))
+def test_each_sampler_gets_prunestudys_defaults(tmp_path, name):
+    space = search.build_space(search.parse_args(["reparam"]))
+    sampler = ray_compat.optuna_study(search.make_searcher(space, tmp_path, "s", name, 0)).sampler
+    for key, value in search.SAMPLER_DEFAULTS.get(name, {}).items():
+        assert getattr(sampler, f"_{key}") == value, key
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampler", "nsga2", "--sampler-arg", "popsize=3"],
+     "--sampler-arg popsize: not a setting of optuna.samplers.NSGAIISampler"),
+    (["--sampler-arg", "seed=3"], "--sampler-arg seed: not a setting of optuna.samplers.TPESampler"),
+    (["--sampler-arg", "n_startup_trials"], "--sampler-arg expects key=value"),
+    (["--sampler", "nsga2", "--sampler-arg", "population_size=1"],
+     "population_size` must be greater than or equal to 2"),
+    (["--resume", "x", "--sampler-arg", "n_startup_trials=2"], "cannot change on --resume"),
+])
+def test_bad_sampler_args_are_one_line_errors(tmp_path, data_dir, args, message, capsys):
+    code = run_main("study.search", "reparam", *args, "--storage-dir", str(tmp_path), "--data-dir",
+                    str(data_dir))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # nothing written
