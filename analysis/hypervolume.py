@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import (add_chance_margin, at_chance, group_name, hypervolume_2d, is_feasible,
-                             save_figure)
+from analysis.pareto import add_chance_margin, at_chance, group_name, hypervolume_2d, is_feasible, save_figure
 from study import layout
 from study.metrics import CHANCE_MARGIN, OBJECTIVES
 

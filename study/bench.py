@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -434,6 +435,18 @@ def bench_throughput(args: argparse.Namespace) -> None:
                      f"{r['samples_per_second']:.0f} samples/s" for r in rows))
 
 
+def sampler_spec(spec: str) -> tuple[str, list[str]]:
+    """`NAME[:KEY=VALUE,...]` (bench samplers' --samplers): the sampler's name and its
+    --sampler-arg assignments; ConfigError for an unknown name."""
+    from study.config import ConfigError
+    from study.search import SAMPLERS
+
+    name, _, settings = spec.partition(":")
+    if name not in SAMPLERS:
+        raise ConfigError(f"{name!r} is not a sampler ({', '.join(SAMPLERS)})")
+    return name, [kv for kv in settings.split(",") if kv]
+
+
 def bench_samplers(args: argparse.Namespace) -> None:
     """Studies of the same method, one per (sampler, scheduler, seed), through study.search; per
     (sampler, scheduler): the mean +- std hypervolume after 1..N trials, the trials its mean curve
@@ -445,18 +458,27 @@ def bench_samplers(args: argparse.Namespace) -> None:
 
     from analysis.hypervolume import at_budget, by_trials, hypervolume_curves, trials_to_reach
     from analysis.results import load_study
+    from study.config import ConfigError
+    from study.search import sampler_settings
 
+    for sampler in args.samplers:  # every one checked before the first study runs
+        try:
+            name_, assignments = sampler_spec(sampler)
+            sampler_settings(name_, assignments)
+        except ConfigError as e:
+            raise SystemExit(f"--samplers {sampler}: {e}") from None
     storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-samplers-"))
     curves: dict[tuple[str, str], list] = {}
     for scheduler in args.schedulers:
         for sampler in args.samplers:
+            name_, assignments = sampler_spec(sampler)
+            flags = ["--sampler", name_, *(a for kv in assignments for a in ("--sampler-arg", kv))]
             for k in range(args.seeds):
-                name = f"samplers-{args.method}-{sampler}-{scheduler}-{k}"
+                name = f"samplers-{args.method}-{re.sub('[:,=]', '-', sampler)}-{scheduler}-{k}"
                 if not (storage / name / "study.json").exists():  # a bench interrupted: kept
                     args.seed = k
                     _timed_study(args, name, storage, args.trials, args.max_concurrent,
-                                 ["--sampler", sampler, "--scheduler", scheduler,
-                                  *shlex.split(args.search_flags)])
+                                 [*flags, "--scheduler", scheduler, *shlex.split(args.search_flags)])
                 c = hypervolume_curves(load_study(storage / name))
                 fronts = c["front"].unique()
                 if len(fronts) != 1:
@@ -468,6 +490,7 @@ def bench_samplers(args: argparse.Namespace) -> None:
         hv = np.array([by_trials(c, args.trials) for c in runs])
         table[(sampler, scheduler)] = {
             "mean": hv.mean(axis=0), "std": hv.std(axis=0, ddof=1) if len(runs) > 1 else 0 * hv[0],
+            "per_seed": hv,
             "at_budget": [at_budget(c, "epochs", budget) for c in runs],
             "seconds": [float(c["seconds"].max()) for c in runs],
             "epochs": [int(c["epochs"].max()) for c in runs]}
@@ -488,6 +511,8 @@ def bench_samplers(args: argparse.Namespace) -> None:
                      "hypervolume_mean": round(float(row["mean"][-1]), 5),
                      "hypervolume_std": round(float(row["std"][-1]), 5),
                      "trials_to_reach_random": needed,
+                     "trials_to_reach_random_per_seed": [trials_to_reach(h, target) for h in
+                                                         row["per_seed"]] if reference else None,
                      "epoch_budget": int(budget),
                      "hypervolume_at_budget_mean": round(statistics.fmean(row["at_budget"]), 5),
                      "epochs_mean": round(statistics.fmean(row["epochs"]), 1),
@@ -556,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
                        "curves, trials to reach random search's, hypervolume at equal epochs")
     m.add_argument("method", choices=sorted(METHODS))
     m.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"],
-                   choices=["tpe", "nsga2", "random"])
+                   metavar="NAME[:KEY=VALUE,...]",
+                   help="samplers (tpe, nsga2, random), each with --sampler-arg settings if given: "
+                   "e.g. tpe:multivariate=true,n_startup_trials=5 nsga2:population_size=16")
     m.add_argument("--schedulers", nargs="+", default=["fifo"], choices=["fifo", "mo-asha"])
     m.add_argument("--trials", type=int, default=64, help="trials per study")
     m.add_argument("--seeds", type=int, default=3, help="studies per sampler (sampler seeds 0, 1, ...)")

@@ -324,7 +324,8 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
             rung_epochs(scheduler["grace_period"], scheduler["reduction_factor"]))
     info = {"name": name, "method": args.method, "dataset": dataset_name, "data_dir": str(data_dir),
             "fixed": space.fixed, "search": {k: repr(v) for k, v in space.search.items()},
-            "sampler": args.sampler, "sampler_args": sampler_args, **scheduler, "constraints": [str(c) for c in constraints],
+            "sampler": args.sampler, "sampler_args": sampler_args, **scheduler,
+            "constraints": [str(c) for c in constraints],
             "seed": args.seed, "num_samples": args.num_samples or 8,
             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "checkpoint_every": CHECKPOINT_EVERY if args.checkpoint_every is None

@@ -46,3 +46,14 @@ def test_bad_sampler_args_are_one_line_errors(tmp_path, data_dir, args, message,
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_bench_sampler_specs_name_a_sampler_and_its_settings():
+    from study.bench import sampler_spec
+    from study.config import ConfigError
+
+    assert sampler_spec("random") == ("random", [])
+    assert sampler_spec("tpe:multivariate=true,n_startup_trials=5") == (
+        "tpe", ["multivariate=true", "n_startup_trials=5"])
+    with pytest.raises(ConfigError, match="'cmaes' is not a sampler"):
+        sampler_spec("cmaes:x=1")
