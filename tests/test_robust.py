@@ -41,3 +41,27 @@ def test_the_summary_gives_mean_and_std_over_the_new_seeds_and_who_survives():
     assert (s.loc["b", "seeds"], s.loc["b", "runs_complete"]) == (3, 2)
     # a's lucky 0.95 falls to 0.82 < b's 0.89 at lower sparsity: dominated, it does not survive
     assert s["survives"].to_dict() == {"a": False, "b": True}
+
+
+def test_the_robust_front_is_a_table_in_the_studys_wandb_group(tmp_path):
+    """The W&B side of `analysis.robust` (the end-to-end run in test_mo_asha skips it for time):
+    a real offline run in the study's group, tagged robust, whose table holds the summary."""
+    import json
+
+    from analysis.robust import log_to_wandb
+    from study.tracking import offline_runs, read_offline_run
+
+    front = front_configs(_df())
+    results = [{"of": t, "val_accuracy": 0.9, "sparsity": 0.6, "test_accuracy": 0.9}
+               for t in ("a", "a", "b", "b")]
+    summary = summarize(front, results)
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    assert log_to_wandb(summary, study_dir, {"method": "reparam", "dataset": "mnist"}) == "offline"
+    (run,) = offline_runs(study_dir)
+    logged = read_offline_run(run)
+    assert logged["group"] == "study" and {"reparam", "robust"} <= set(logged["tags"])
+    (row,) = [h for h in logged["history"] if h.get("robust/front/_type") == "table-file"]
+    table = json.loads((run / "files" / row["robust/front/path"]).read_text())
+    assert len(table["data"]) == len(summary) == 2
+    assert {"trial_id", "val_accuracy_mean", "sparsity_std", "survives"} <= set(table["columns"])
