@@ -499,9 +499,10 @@ def bench_samplers(args: argparse.Namespace) -> None:
     print(f"\n{args.method}: {args.trials} trials x {args.seeds} seeds; hypervolume mean +- std "
           f"after n trials (val_accuracy x sparsity, reference (0, 0)); studies in {storage}")
     marks = sorted({1, *range(8, args.trials + 1, 8), args.trials})
-    print(f"{'sampler/scheduler':<20}" + "".join(f"{f'n={n}':>16}" for n in marks))
+    width = max(20, *(len(f"{a}/{b}") + 1 for a, b in table))
+    print(f"{'sampler/scheduler':<{width}}" + "".join(f"{f'n={n}':>16}" for n in marks))
     for (sampler, scheduler), row in table.items():
-        print(f"{sampler + '/' + scheduler:<20}" + "".join(
+        print(f"{sampler + '/' + scheduler:<{width}}" + "".join(
             f"{row['mean'][n - 1]:>9.4f} +- {row['std'][n - 1]:.3f}" for n in marks))
     rows = []
     for (sampler, scheduler), row in table.items():
