@@ -141,21 +141,44 @@ def build_space(args: argparse.Namespace) -> StudySpace:
     return space
 
 
-def sampler_settings(name: str, assignments: list[str]) -> dict[str, Any]:
-    """The keyword arguments of --sampler NAME's Optuna class: prunestudy's defaults, then each
-    --sampler-arg KEY=VALUE; ConfigError for a key the class does not take."""
+_PLAIN_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float)}
+
+
+def _plain_settings(cls) -> dict[str, tuple[type, ...]]:
+    """The settings of an Optuna sampler class that a command line can give (bool, int, float),
+    each with the Python types it takes; callables, operators and the study's own (seed,
+    constraints) are left out."""
     import inspect
 
+    settings = {}
+    for name, param in inspect.signature(cls).parameters.items():
+        note = param.annotation if isinstance(param.annotation, str) else getattr(
+            param.annotation, "__name__", "")
+        kinds = [k.strip() for k in note.split("|") if k.strip() != "None"]
+        if name != "seed" and kinds and all(k in _PLAIN_TYPES for k in kinds):
+            settings[name] = tuple(t for k in kinds for t in _PLAIN_TYPES[k])
+    return settings
+
+
+def sampler_settings(name: str, assignments: list[str]) -> dict[str, Any]:
+    """The keyword arguments of --sampler NAME's Optuna class: prunestudy's defaults, then each
+    --sampler-arg KEY=VALUE; ConfigError for a key the class does not take from a command line or
+    a value of the wrong type (found now, not when the sampler first uses it mid-study)."""
     import optuna
 
     cls = getattr(optuna.samplers, SAMPLERS[name])
-    known = set(inspect.signature(cls).parameters) - {"seed", "constraints_func"}  # the study's
+    known = _plain_settings(cls)
     settings = dict(SAMPLER_DEFAULTS.get(name, {}))
     for text in assignments:
         key, value = parse_assignment(text, "--sampler-arg")
         if key not in known:
             raise ConfigError(f"--sampler-arg {key}: not a setting of optuna.samplers."
-                              f"{cls.__name__} (settings: {', '.join(sorted(known))})")
+                              f"{cls.__name__} that a command line can give (settings: "
+                              f"{', '.join(sorted(known)) or 'none'})")
+        types = known[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ConfigError(f"--sampler-arg {key}={value!r}: optuna.samplers.{cls.__name__} "
+                              f"takes {' or '.join(t.__name__ for t in types)} there")
         settings[key] = value
     try:
         cls(**settings)

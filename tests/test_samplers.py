@@ -35,6 +35,10 @@ def test_each_sampler_gets_prunestudys_defaults(tmp_path, name):
     (["--sampler", "nsga2", "--sampler-arg", "popsize=3"],
      "--sampler-arg popsize: not a setting of optuna.samplers.NSGAIISampler"),
     (["--sampler-arg", "seed=3"], "--sampler-arg seed: not a setting of optuna.samplers.TPESampler"),
+    (["--sampler-arg", "gamma=0.1"], "--sampler-arg gamma: not a setting"),  # a callable in Optuna
+    (["--sampler-arg", "n_startup_trials=five"], "takes int there"),
+    (["--sampler-arg", "n_startup_trials=true"], "takes int there"),
+    (["--sampler", "random", "--sampler-arg", "seed=1"], "(settings: none)"),
     (["--sampler-arg", "n_startup_trials"], "--sampler-arg expects key=value"),
     (["--sampler", "nsga2", "--sampler-arg", "population_size=1"],
      "population_size` must be greater than or equal to 2"),
