@@ -450,7 +450,7 @@ def sampler_spec(spec: str) -> tuple[str, list[str]]:
 def bench_samplers(args: argparse.Namespace) -> None:
     """Studies of the same method, one per (sampler, scheduler, seed), through study.search; per
     (sampler, scheduler): the mean +- std hypervolume after 1..N trials, the trials its mean curve
-    needs to reach random search's (fifo) N-trial mean hypervolume, and the hypervolume each
+    (and each seed) needs to reach random search's (fifo) N-trial mean hypervolume, and the hypervolume each
     reaches within the smallest total epochs any of them ran (schedulers compared at equal cost)."""
     import tempfile
 
@@ -461,24 +461,26 @@ def bench_samplers(args: argparse.Namespace) -> None:
     from study.config import ConfigError
     from study.search import sampler_settings
 
-    for sampler in args.samplers:  # every one checked before the first study runs
+    flags = {}  # each sampler spec's study.search flags, every one checked before a study runs
+    for sampler in args.samplers:
         try:
             name_, assignments = sampler_spec(sampler)
             sampler_settings(name_, assignments)
         except ConfigError as e:
             raise SystemExit(f"--samplers {sampler}: {e}") from None
+        flags[sampler] = ["--sampler", name_,
+                          *(a for kv in assignments for a in ("--sampler-arg", kv))]
     storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-samplers-"))
     curves: dict[tuple[str, str], list] = {}
     for scheduler in args.schedulers:
         for sampler in args.samplers:
-            name_, assignments = sampler_spec(sampler)
-            flags = ["--sampler", name_, *(a for kv in assignments for a in ("--sampler-arg", kv))]
             for k in range(args.seeds):
                 name = f"samplers-{args.method}-{re.sub('[:,=]', '-', sampler)}-{scheduler}-{k}"
                 if not (storage / name / "study.json").exists():  # a bench interrupted: kept
                     args.seed = k
                     _timed_study(args, name, storage, args.trials, args.max_concurrent,
-                                 [*flags, "--scheduler", scheduler, *shlex.split(args.search_flags)])
+                                 [*flags[sampler], "--scheduler", scheduler,
+                                  *shlex.split(args.search_flags)])
                 c = hypervolume_curves(load_study(storage / name))
                 fronts = c["front"].unique()
                 if len(fronts) != 1:
@@ -524,6 +526,8 @@ def bench_samplers(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from study.search import SCHEDULERS
+
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
     sub = p.add_subparsers(dest="bench", required=True)
@@ -585,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="NAME[:KEY=VALUE,...]",
                    help="samplers (tpe, nsga2, random), each with --sampler-arg settings if given: "
                    "e.g. tpe:multivariate=true,n_startup_trials=5 nsga2:population_size=16")
-    m.add_argument("--schedulers", nargs="+", default=["fifo"], choices=["fifo", "mo-asha"])
+    m.add_argument("--schedulers", nargs="+", default=["fifo"], choices=SCHEDULERS)
     m.add_argument("--trials", type=int, default=64, help="trials per study")
     m.add_argument("--seeds", type=int, default=3, help="studies per sampler (sampler seeds 0, 1, ...)")
     m.add_argument("--max-concurrent", type=int, default=2)

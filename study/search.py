@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="tpe")
     p.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting of the sampler's Optuna class (e.g. n_startup_trials=5, "
-                   "population_size=16; repeatable); the value is read as YAML")
+                   help="a bool, int or float setting of the sampler's Optuna class (e.g. "
+                   "n_startup_trials=8, population_size=16; repeatable); the value is read as YAML")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
                    help="fifo: every trial runs its whole schedule; mo-asha: multi-objective "
                    "successive halving stops trials at rung epochs (README)")
@@ -189,10 +189,11 @@ def sampler_settings(name: str, assignments: list[str]) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int, settings: dict[str, Any] | None = None):
+    """--sampler NAME's Optuna sampler with `settings` (default: prunestudy's, sampler_settings)."""
     import optuna
 
     cls = getattr(optuna.samplers, SAMPLERS[name])
-    return cls(seed=seed, **(SAMPLER_DEFAULTS.get(name, {}) if settings is None else settings))
+    return cls(seed=seed, **(sampler_settings(name, []) if settings is None else settings))
 
 
 def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, seed: int,

@@ -23,12 +23,15 @@ def test_sampler_args_reach_the_optuna_sampler_and_study_json(tmp_path, data_dir
     assert layout.read_info(study_dir)["sampler_args"] == {"population_size": 4}
 
 
-@pytest.mark.parametrize("name", list(search.SAMPLERS))
-def test_each_sampler_gets_prunestudys_defaults(tmp_path, name):
+@pytest.mark.parametrize("name", sorted(search.SAMPLER_DEFAULTS))
+def test_a_sampler_gets_prunestudys_defaults_unless_a_sampler_arg_overrides_them(tmp_path, name):
     space = search.build_space(search.parse_args(["reparam"]))
     sampler = ray_compat.optuna_study(search.make_searcher(space, tmp_path, "s", name, 0)).sampler
-    for key, value in search.SAMPLER_DEFAULTS.get(name, {}).items():
-        assert getattr(sampler, f"_{key}") == value, key
+    defaults = search.SAMPLER_DEFAULTS[name]
+    assert defaults and all(getattr(sampler, f"_{k}") == v for k, v in defaults.items())
+    key, value = next(iter(defaults.items()))
+    other = value + 3 if isinstance(value, int) else not value
+    assert search.sampler_settings(name, [f"{key}={other}"])[key] == other
 
 
 @pytest.mark.parametrize("args, message", [
