@@ -58,6 +58,11 @@ def test_the_robust_front_is_a_table_in_the_studys_wandb_group(tmp_path):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
     assert log_to_wandb(summary, study_dir, {"method": "reparam", "dataset": "mnist"}) == "offline"
+    # `run.finish()` can return before wandb-core has written the run's file; `analysis.robust`
+    # exits right after, and the exit waits for it: here, wait as the exit does
+    import wandb
+
+    wandb.teardown()
     (run,) = offline_runs(study_dir)
     logged = read_offline_run(run)
     assert logged["group"] == "study" and {"reparam", "robust"} <= set(logged["tags"])
