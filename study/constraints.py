@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from study.config import ConfigError
+from study.methods import TRAINABLE_PREFIXES, metric_prefixes
 from study.metrics import VOCABULARY
 
-# method diagnostics and training terms are reported under these prefixes (README: Metrics)
-METRIC_PREFIXES = ("vae/", "reparam/", "importance/", "train/", "rung/")
 MISSING_VIOLATION = 1.0  # a trial whose report lacks the metric violates the constraint by this
 _PATTERN = re.compile(r"\s*([A-Za-z_][\w/.-]*)\s*(>=|<=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 
@@ -50,9 +49,11 @@ def parse_constraint(text: str) -> Constraint:
         raise ConfigError(f"--constraint {text!r} is not METRIC>=NUMBER or METRIC<=NUMBER "
                           "(e.g. 'val_accuracy>=0.95')")
     metric, op, bound = match.group(1), match.group(2), float(match.group(3))
-    if metric not in VOCABULARY and not metric.startswith(METRIC_PREFIXES):
+    # each registered method's diagnostics, and the trainable's loss terms and rung objectives
+    prefixes = (*metric_prefixes(), *TRAINABLE_PREFIXES)
+    if metric not in VOCABULARY and not metric.startswith(prefixes):
         raise ConfigError(f"--constraint {text!r}: unknown metric {metric!r}; use one of "
-                          f"{', '.join(VOCABULARY)} or a method metric ({', '.join(METRIC_PREFIXES)}...)")
+                          f"{', '.join(VOCABULARY)} or a method metric ({', '.join(prefixes)}...)")
     if not math.isfinite(bound):
         raise ConfigError(f"--constraint {text!r}: the bound must be finite")
     return Constraint(metric, op, bound)

@@ -8,8 +8,9 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from study.methods.base import DataInfo
-from study.methods.beta_vae import BetaVAE, BetaVAEConfig, active_units, kl_per_dim, prune_per_layer
+from study.methods.beta_vae import BetaVAE, BetaVAEConfig, active_units, kl_per_dim
 from study.models import BetaVAEClassifier
+from study.pruning import apply_masks, magnitude_masks
 from study.sparsity import PRUNABLE, prunable_weights
 from study.trainable import load_state, train, train_epoch
 from tests.conftest import tiny_config
@@ -39,7 +40,7 @@ def test_active_units_counts_dimensions_whose_mean_varies_over_the_data():
 def test_per_layer_pruning_hits_the_target_in_every_layer(amount):
     torch.manual_seed(0)
     model = BetaVAEClassifier((1, 28, 28), 10, 4, 16, (0.1,), (0.3,)).inference_model()
-    prune_per_layer(model, amount)
+    apply_masks(model, magnitude_masks(model, amount, "layer"))  # as beta_vae's prune phase does
     weights = prunable_weights(model)
     assert len(weights) == 5  # 2 convs, dense, mean, head
     for name, w in weights.items():

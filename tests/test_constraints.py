@@ -45,6 +45,20 @@ def test_bad_constraints_are_one_line_errors_naming_the_text(text, message):
     assert repr(text) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_every_registered_methods_prefix_is_a_constraint_metric_without_editing_constraints(
+        monkeypatch):
+    import study.methods
+    from study.methods import METHODS, Importance
+
+    for cls in METHODS.values():
+        assert parse_constraint(f"{cls.metric_prefix}x<=1").metric == f"{cls.metric_prefix}x"
+    with pytest.raises(ConfigError, match="unknown metric 'scored/x'"):
+        parse_constraint("scored/x<=1")
+    monkeypatch.setattr(study.methods, "METHODS", dict(METHODS))
+    study.methods.register(type("Scored", (Importance,), {"metric_prefix": "scored/"}), "scored")
+    assert parse_constraint("scored/x<=1") == Constraint("scored/x", "<=", 1.0)
+
+
 def test_violation_is_positive_on_the_wrong_side_of_the_bound():
     at_least, at_most = parse_constraint("val_accuracy>=0.9"), parse_constraint("flops<=100")
     assert at_least.violation({"val_accuracy": 0.85}) == pytest.approx(0.05)

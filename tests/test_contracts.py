@@ -1,6 +1,10 @@
 """The contract every pruning method keeps with the trainable, one test per contract, parametrized
-over `study.methods.METHODS` (as Optuna's sampler tests are over samplers): a new method adds its
-row to each table below and is held to the same contracts.
+over `study.methods.METHODS` (as Optuna's sampler tests are over samplers).
+
+Adding a method adds its rows to the four tables below: TINY (a trial of a few seconds), RESUMES
+(where a stopped trial must continue exactly), BAD_SETTINGS (settings refused with one line) and
+NO_EPOCHS (settings that leave no epoch). Those rows are its contract; a test fails until each
+table has one. Its declaration (study.methods.register) is checked here on its tiny trial too.
 
   determinism   the same config and seed give the same metrics and states, bit for bit; another
                 seed differs
@@ -15,20 +19,27 @@ row to each table below and is held to the same contracts.
 
   reports       each epoch of the method's schedule reports once, the objectives every time and
                 the test accuracy at the end
+  declaration   its diagnostics are under its metric_prefix; `architecture` names a setting;
+                networks() holds the inference model; probe_model() changes no state and draws
+                no random numbers; a malformed declaration fails registration, saying what to add
 
 Tiny trials on `mnist_small` (1,000 validation images): none of these depends on sizes.
 """
 from __future__ import annotations
 
 import copy
+import random
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from study.config import ConfigError
-from study.methods import METHODS
-from study.metrics import accuracy
+import study.methods
+from study.config import ConfigError, setting
+from study.methods import METHODS, TRAINABLE_PREFIXES, register
+from study.metrics import VOCABULARY, accuracy
 from study.sparsity import DenseReference, size_metrics
 from study.trainable import STATE_FILE, parse_config, train
 from tests.conftest import assert_same_metrics
@@ -311,3 +322,144 @@ def test_channels_last_keeps_the_optimizers_parameters_and_the_outputs(method, m
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert (len(convs) > 0) == (method != "importance")
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+# --- the declaration ---------------------------------------------------------------------------
+
+def _restored(method: str, config: dict, data, state: dict):
+    """A fresh method of `config` with a saved state loaded into it."""
+    from study.methods.base import DataInfo
+
+    info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
+    restored = METHODS[method](parse_config(config)[1], info, torch.device("cpu"))
+    restored.load_state_dict(copy.deepcopy(state))
+    return restored
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_a_methods_own_metrics_are_under_its_metric_prefix(mnist_small, method):
+    reports, _ = whole(tiny(method), mnist_small)
+    own = {k for m in reports for k in m if k not in VOCABULARY and not k.startswith(TRAINABLE_PREFIXES)}
+    assert own  # its diagnostics
+    assert {k for k in own if not k.startswith(METHODS[method].metric_prefix)} == set()
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_a_methods_architecture_names_a_setting_of_its_config(method):
+    cls = METHODS[method]
+    assert cls.architecture in {f.name for f in fields(cls.Config)}
+    assert cls.architecture in parse_config(tiny(method))[1].__dataclass_fields__
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_a_methods_networks_hold_its_inference_model_after_every_epoch(mnist_small, method):
+    config = tiny(method)
+    _, states = whole(config, mnist_small)
+    for state in states:  # every stage: before and after pruning, removal, decoder removal
+        restored = _restored(method, config, mnist_small, state["method"])
+        networks = restored.networks()
+        assert networks and all(isinstance(n, torch.nn.Module) for n in networks.values())
+        held = {id(p) for n in networks.values() for p in n.parameters()}
+        assert {id(p) for p in restored.inference_model().parameters()} <= held, state["epoch"]
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_a_methods_probe_changes_no_state_and_draws_no_random_numbers(mnist_small, method):
+    config = tiny(method)
+    _, states = whole(config, mnist_small)
+    for state in states:
+        restored = _restored(method, config, mnist_small, state["method"])
+        before = copy.deepcopy(restored.state_dict())
+        rng = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+        probe = restored.probe_model()
+        assert torch.equal(torch.get_rng_state(), rng[0]), state["epoch"]
+        assert np.array_equal(np.random.get_state()[1], rng[1]) and random.getstate() == rng[2]
+        _same(before, restored.state_dict(), f"epoch {state['epoch']}")
+        if probe is not None:  # a copy: training the network later leaves it as it was
+            held = {id(p) for n in restored.networks().values() for p in n.parameters()}
+            assert held.isdisjoint(id(p) for p in probe.parameters())
+
+
+@dataclass(frozen=True)
+class _MinimalConfig:
+    model: str = setting("mlp", "its network")
+
+
+class _Minimal:
+    """The smallest class that registers (never run: registration reads the declaration only)."""
+    Config = _MinimalConfig
+    metric_prefix = "minimal/"
+    architecture = "model"
+
+    def schedule(self): ...
+    def begin_epoch(self, phase, first): ...
+    def loss_terms(self, phase, x, y): ...
+    def end_pass(self, phase, last, terms): ...
+    def inference_model(self): ...
+    def networks(self): ...
+    def probe_model(self): ...
+    def end_epoch(self, end): ...
+    def state_dict(self): ...
+    def load_state_dict(self, state): ...
+
+
+@dataclass
+class _Mutable:
+    model: str = setting("mlp", "its network")
+
+
+@dataclass(frozen=True)
+class _Plain:
+    model: str = "mlp"
+
+
+@dataclass(frozen=True)
+class _Seeded:
+    model: str = setting("mlp", "its network")
+    seed: int = setting(0, "clashes with the trial's seed")
+
+
+def _without(member: str) -> type:
+    return type("Lacking", (), {k: v for k, v in vars(_Minimal).items() if k != member})
+
+
+MALFORMED = [
+    pytest.param(type("M", (_Minimal,), {"Config": _Mutable}),
+                 "Config must be a frozen dataclass of study.config.setting fields", id="mutable"),
+    pytest.param(type("M", (_Minimal,), {"Config": _Plain}), "'model' is not a study.config.setting",
+                 id="not-a-setting"),
+    pytest.param(type("M", (_Minimal,), {"Config": _Seeded}), "setting 'seed' shares its name",
+                 id="trial-setting"),
+    pytest.param(type("M", (_Minimal,), {"architecture": "width"}),
+                 "`architecture` = 'width' names no setting of its Config; add", id="architecture"),
+    pytest.param(_without("architecture"), "`architecture` = None names no setting", id="no-architecture"),
+    pytest.param(type("M", (_Minimal,), {"metric_prefix": "minimal"}),
+                 "metric_prefix must end with '/' and be unique", id="prefix-without-slash"),
+    pytest.param(type("M", (_Minimal,), {"metric_prefix": "vae/"}),
+                 "metric_prefix must end with '/' and be unique", id="prefix-taken"),
+    pytest.param(type("M", (_Minimal,), {"metric_prefix": "vae/end/"}),
+                 "metric_prefix must end with '/' and be unique", id="prefix-inside-another"),
+    pytest.param(type("M", (_Minimal,), {"metric_prefix": "rung/"}),
+                 "metric_prefix must end with '/' and be unique", id="prefix-the-trainables"),
+    pytest.param(_without("probe_model"), "missing `probe_model()` (return None when the network as "
+                 "it is is its final state)", id="no-probe"),
+    pytest.param(_without("networks"), "missing `networks()`", id="no-networks"),
+]
+
+
+@pytest.mark.parametrize("cls, message", MALFORMED)
+def test_a_malformed_method_fails_registration_saying_what_to_add(monkeypatch, cls, message):
+    monkeypatch.setattr(study.methods, "METHODS", dict(METHODS))
+    with pytest.raises(TypeError) as e:
+        register(cls, "minimal")
+    assert message in str(e.value) and "method 'minimal'" in str(e.value)
+    assert "minimal" not in study.methods.METHODS
+
+
+def test_a_well_formed_method_registers_and_its_prefix_is_known(monkeypatch):
+    monkeypatch.setattr(study.methods, "METHODS", dict(METHODS))
+    assert register(_Minimal, "minimal") is _Minimal
+    assert study.methods.METHODS["minimal"] is _Minimal
+    assert study.methods.metric_prefixes() == (*(c.metric_prefix for c in METHODS.values()), "minimal/")
+    with pytest.raises(TypeError, match="the name is taken"):
+        register(type("Other", (_Minimal,), {"metric_prefix": "other/"}), "minimal")

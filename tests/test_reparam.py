@@ -19,10 +19,10 @@ from study.methods.reparam import (
     effective_pruning,
     h_t,
     plain_state_dict,
-    prunable_modules,
     reparametrize,
 )
 from study.models import build_model
+from study.pruning import prunable_modules
 from study.sparsity import prunable_weights
 from study.trainable import train_epoch
 from tests.conftest import run_recorded

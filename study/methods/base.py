@@ -46,11 +46,14 @@ class Method(Protocol):
       end_epoch(EpochEnd)            the measured validation accuracy in; schedulers and early
                                      stopping move here; returns the method's metrics
     `state_dict`/`load_state_dict` cover everything needed to continue after any epoch.
-    Optional: `probe_model()`, a copy of the inference network pruned to the trial's final target
-    without the training left (or None: the network as it is), measured at MO-ASHA's rungs
-    (study.scheduler.rung_objectives); it must change no state and draw no random numbers.
+
+    The declaration (checked by study.methods.register) is all the harness needs beyond these:
+    `Config`, `metric_prefix` (the `--constraint` vocabulary), `architecture` (what its fronts are
+    grouped by), `networks()` (device layout) and `probe_model()` (MO-ASHA's rungs).
     """
-    Config: type  # a dataclass of settings (study.config.setting), defaults from the paper
+    Config: type  # a frozen dataclass of settings (study.config.setting), defaults from the paper
+    metric_prefix: str  # its diagnostics are reported under it, e.g. "vae/" (ends with "/", unique)
+    architecture: str  # the Config setting naming its network, e.g. "model"; fronts group by its value
     optimizer: torch.optim.Optimizer  # what the trainable steps; a method may replace it
 
     def __init__(self, config: Any, data: DataInfo, device: torch.device) -> None: ...
@@ -70,6 +73,17 @@ class Method(Protocol):
         `terms` (a `loss` among them when the epoch did not train)."""
 
     def inference_model(self) -> nn.Module: ...
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network it holds, by attribute name: those it trains and any it evaluates as its
+        inference model (their parameters include the inference model's). The trainable lays them
+        out on the device (channels_last on CUDA)."""
+
+    def probe_model(self) -> nn.Module | None:
+        """A copy of the inference network pruned to the trial's final target without the training
+        left, measured at MO-ASHA's rungs (study.scheduler.rung_objectives); None when the network
+        as it is is its final state (already pruned, or a method that prunes as it trains). It
+        changes no state and draws no random numbers."""
 
     def end_epoch(self, end: EpochEnd) -> dict[str, float]:
         """After evaluation: the method's metrics (under its prefix) and any state that follows

@@ -18,13 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import prune
 
 from study.config import setting
 from study.data import batches
 from study.methods.base import DataInfo, EpochEnd
 from study.models import BetaVAEClassifier, beta_vae_hidden
-from study.sparsity import PRUNABLE
+from study.pruning import apply_masks, magnitude_masks, restore_mask_buffers
 
 # `vae/recon` decodes this many validation images (fixed: the first ones): the decoder's pass over
 # all 6,000 took 3.5-4.6 s of a default trial's 66 s of training (issue 11). A diagnostic only
@@ -110,16 +109,10 @@ def mutual_information_gap(latents: np.ndarray, factors: np.ndarray, bins: int =
     return float(np.mean(gaps)) if gaps else float("nan")
 
 
-def prune_per_layer(model: nn.Module, amount: float) -> None:
-    """Zero the `amount` fraction of smallest-magnitude weights in every conv and linear layer,
-    separately per layer; masks stay applied through training (torch.nn.utils.prune)."""
-    for module in model.modules():
-        if isinstance(module, PRUNABLE):
-            prune.l1_unstructured(module, "weight", amount=amount)
-
-
 class BetaVAE:
     Config = BetaVAEConfig
+    metric_prefix = "vae/"
+    architecture = "variant"  # the vae and the cnn baseline are different networks
 
     def __init__(self, config: BetaVAEConfig, data: DataInfo, device: torch.device):
         self.cfg = config
@@ -139,7 +132,10 @@ class BetaVAE:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
 
     def _prune(self) -> None:
-        prune_per_layer(self.inference_model(), self.cfg.layer_sparsity)
+        """Every conv and linear layer of the classifier loses its `layer_sparsity` smallest
+        weights, held through fine-tuning."""
+        model = self.inference_model()
+        apply_masks(model, magnitude_masks(model, self.cfg.layer_sparsity, "layer"))
         self.pruned = True
 
     def begin_epoch(self, phase: str, first: bool) -> bool:
@@ -184,6 +180,9 @@ class BetaVAE:
     def inference_model(self) -> nn.Module:
         return self.model.inference_model()
 
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}  # encoder, decoder (while it exists) and head
+
     def probe_model(self) -> nn.Module | None:
         """MO-ASHA's rung probe (study.scheduler): a copy of the classifier pruned per layer to
         `layer_sparsity`, as the prune phase will prune it, without its fine-tuning; None once
@@ -191,7 +190,7 @@ class BetaVAE:
         if self.pruned or self.cfg.layer_sparsity == 0:
             return None
         probe = copy.deepcopy(self.inference_model())
-        prune_per_layer(probe, self.cfg.layer_sparsity)
+        apply_masks(probe, magnitude_masks(probe, self.cfg.layer_sparsity, "layer"))
         return probe
 
     @torch.no_grad()
@@ -242,9 +241,7 @@ class BetaVAE:
         if state["decoder_removed"]:
             self.model.remove_decoder()
         if state["pruned"]:  # recreate the mask buffers, then load their values
-            for module in self.inference_model().modules():
-                if isinstance(module, PRUNABLE):
-                    prune.identity(module, "weight")
+            restore_mask_buffers(self.inference_model())
             self.pruned = True
         self.model.load_state_dict(state["model"])
         self.optimizer = self._new_optimizer()

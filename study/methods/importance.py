@@ -214,6 +214,8 @@ def planned_widths(original: int, prune_fraction: float, target_fraction: float)
 
 class Importance:
     Config = ImportanceConfig
+    metric_prefix = "importance/"
+    architecture = "model"
 
     def __init__(self, config: ImportanceConfig, data: DataInfo, device: torch.device):
         self.cfg = config
@@ -300,6 +302,14 @@ class Importance:
 
     def inference_model(self) -> nn.Module:
         return self.model
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def probe_model(self) -> nn.Module | None:
+        """None: which neurons go is measured round by round as it trains, so no copy can be cut
+        to the final widths ahead of time; a rung measures its network as it is."""
+        return None
 
     @torch.no_grad()
     def end_epoch(self, end: EpochEnd) -> dict[str, float]:

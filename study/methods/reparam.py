@@ -35,13 +35,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import parametrize
 
 from study.config import setting
 from study.methods.base import DataInfo, EpochEnd
 from study.metrics import accuracy
 from study.models import build_model
-from study.sparsity import PRUNABLE
+from study.pruning import (
+    apply_masks,
+    kept_per_layer,
+    magnitude_masks,
+    make_permanent,
+    prunable_modules,
+    restore_mask_buffers,
+    zero_weights,
+)
 
 C1 = 1.0 / (1.0 - math.exp(-1.0))  # Eq. 5: scales h_t to [0, 1]
 C2 = math.exp(-1.0)  # Eq. 5: h_t(0) = 0
@@ -111,10 +119,6 @@ class ApparentWeight(nn.Module):
         return w * h_t(w, self.t, self.n)
 
 
-def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
-
-
 def reparametrize(model: nn.Module, n: int, t_init: float) -> None:
     """Use every conv and linear weight through its apparent weight (biases and batch norm stay)."""
     for module in prunable_modules(model).values():
@@ -146,42 +150,13 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def global_magnitude_masks(weights: list[torch.Tensor], rate: float) -> tuple[list[torch.Tensor], float]:
-    """Keep-masks that drop exactly round(rate * N) of all N entries, the smallest |w| over all the
-    tensors together (one global threshold); ties go by position (stable sort), so the result is
-    deterministic. Also returns the largest dropped magnitude (0 when nothing is dropped)."""
-    flat = torch.cat([w.detach().abs().flatten() for w in weights])
-    k = round(rate * flat.numel())
-    drop = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    threshold = 0.0
-    if k > 0:
-        order = torch.sort(flat, stable=True).indices[:k]
-        drop[order] = True
-        threshold = float(flat[order[-1]])
-    keeps = [~d.view_as(w) for d, w in zip(drop.split([w.numel() for w in weights]), weights,
-                                              strict=True)]
-    return keeps, threshold
-
-
-@torch.no_grad()
-def prune_globally(model: nn.Module, rate: float) -> float:
-    """Zero the round(rate * N) smallest-magnitude conv/linear weights of a plain model in place;
-    returns the threshold."""
-    modules = list(prunable_modules(model).values())
-    keeps, threshold = global_magnitude_masks([m.weight for m in modules], rate)
-    for m, keep in zip(modules, keeps, strict=True):
-        m.weight.masked_fill_(~keep, 0.0)
-    return threshold
-
-
-@torch.no_grad()
 def effective_pruning(model: nn.Module, rate: float) -> float:
     """Paper Section 3.1: the apparent weights become the plain weights (the reparametrization is
     removed), then the round(rate * N) smallest of them are set to zero; every other apparent weight
     is kept exactly. Returns the global threshold."""
     for module in prunable_modules(model).values():
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    return prune_globally(model, rate)
+    return zero_weights(model, magnitude_masks(model, rate, "global"))
 
 
 DEAD_H = 1e-3  # a layer whose largest h_t(w) is below this is dead (every apparent weight ~0)
@@ -191,6 +166,8 @@ class Reparam:
     """Stages: `train` (reparametrized for `reparam`, plain otherwise), `finetune` (mag_ft: plain
     weights under torch.nn.utils.prune masks), `pruned` (after finish(): a plain network)."""
     Config = ReparamConfig
+    metric_prefix = "reparam/"
+    architecture = "model"
 
     def __init__(self, config: ReparamConfig, data: DataInfo, device: torch.device):
         self.cfg = config
@@ -236,10 +213,7 @@ class Reparam:
     def begin_epoch(self, phase: str, first: bool) -> bool:
         if first and phase == "finetune":  # mag_ft: prune the trained network, then fine-tune it masked
             self.before, self._before_accuracy = plain_state_dict(self.model), None
-            modules = list(prunable_modules(self.model).values())
-            keeps, _ = global_magnitude_masks([m.weight for m in modules], self.cfg.pruning_rate)
-            for m, keep in zip(modules, keeps, strict=True):
-                prune.custom_from_mask(m, "weight", keep)
+            apply_masks(self.model, magnitude_masks(self.model, self.cfg.pruning_rate, "global"))
             self.stage = "finetune"
             self._new_procedure()
         self._lr = self.optimizer.param_groups[0]["lr"]  # this epoch's, before end_epoch steps it
@@ -295,18 +269,18 @@ class Reparam:
             return {}
         out: dict[str, float] = {}
         if self.stage == "finetune":
-            for m in prunable_modules(self.model).values():
-                prune.remove(m, "weight")
+            make_permanent(self.model)
         else:
             self.before, self._before_accuracy = plain_state_dict(self.model), None
             if self.cfg.variant == "reparam":
                 out = self._reparam_metrics()
                 threshold = effective_pruning(self.model, self.cfg.pruning_rate)
             else:  # mag, and mag_ft without fine-tuning epochs
-                threshold = prune_globally(self.model, self.cfg.pruning_rate)
+                threshold = zero_weights(self.model, magnitude_masks(self.model,
+                                                                     self.cfg.pruning_rate, "global"))
             out["reparam/pruning_threshold"] = threshold
-        weights = [m.weight for m in prunable_modules(self.model).values()]
-        achieved = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        counts = kept_per_layer(self.model).values()
+        achieved = sum(n - kept for kept, n in counts) / sum(n for _, n in counts)
         out["reparam/target_missed"] = float(abs(achieved - self.cfg.pruning_rate)
                                              > self.cfg.target_tolerance)
         self.stage = "pruned"
@@ -319,6 +293,9 @@ class Reparam:
             return self.plain
         return self.model
 
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "plain": self.plain}  # plain: the apparent network, evaluated
+
     def probe_model(self) -> nn.Module | None:
         """MO-ASHA's rung probe (study.scheduler): a copy of the network being trained (reparam:
         the apparent one) with its round(p * N) smallest weights zeroed by one global threshold,
@@ -327,7 +304,7 @@ class Reparam:
         if self.stage != "train":
             return None
         probe = copy.deepcopy(self.inference_model())
-        prune_globally(probe, self.cfg.pruning_rate)
+        zero_weights(probe, magnitude_masks(probe, self.cfg.pruning_rate, "global"))
         return probe
 
     def model_before_pruning(self) -> nn.Module:
@@ -374,8 +351,7 @@ class Reparam:
             for module in prunable_modules(self.model).values():
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         if state["stage"] == "finetune":  # recreate the mask buffers, then load their values
-            for module in prunable_modules(self.model).values():
-                prune.identity(module, "weight")
+            restore_mask_buffers(self.model)
         self.model.load_state_dict(state["model"])
         self.stage = state["stage"]
         self.before, self._before_accuracy = state["before"], None
