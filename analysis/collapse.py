@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from analysis.results import StudyError, load_results
+from analysis.results import CONFIG_PREFIX, StudyError, load_results
 from study.metrics import CHANCE_MARGIN, near_chance
 
 KL_PER_DIM = 0.01  # nats per latent dimension: below it a dimension carries ~no information
@@ -72,13 +72,14 @@ def collapse_by_beta(df: pd.DataFrame) -> pd.DataFrame:
     """Per beta bin (log-spaced over the betas present): trials, collapsed count and fraction, and
     the mean MIG (dsprites trials), accuracy at the end of the VAE phase and final accuracies."""
     columns = ["beta", "trials", "collapsed", "fraction", *BY_BETA.values()]
+    beta = f"{CONFIG_PREFIX}beta"
     vae = df[df["status"].isin(["complete", "diverged", "degenerate"]) & (df.get("method") == "beta_vae")
-             & (df.get("variant", "vae").fillna("vae") == "vae") & df["config/beta"].notna()]
+             & (df.get("variant", "vae").fillna("vae") == "vae") & df[beta].notna()]
     if vae.empty:
         return pd.DataFrame(columns=columns)
     edges = [0, 0.5, 1, 2, 5, 10, 20, np.inf]
     groups = vae.assign(**{k: _numeric(vae, k) for k in BY_BETA}).groupby(
-        pd.cut(vae["config/beta"].astype(float), edges, right=False), observed=True)
+        pd.cut(vae[beta].astype(float), edges, right=False), observed=True)
     table = groups["collapsed"].agg(["count", "sum"])
     means = groups[list(BY_BETA)].mean().rename(columns=BY_BETA)
     return pd.DataFrame({"beta": [str(i) for i in table.index], "trials": table["count"].values,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cols = ["study", "trial_id", "status", "config/beta", "config/latent_dim",
+    cols = ["study", "trial_id", "status", f"{CONFIG_PREFIX}beta", f"{CONFIG_PREFIX}latent_dim",
             "vae/end/val_accuracy", "vae/end/active_units", "vae/end/kl", "vae/mig", "val_accuracy",
             "collapse"]
     vae = df[df["method"] == "beta_vae"]

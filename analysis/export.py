@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from analysis.pareto import add_chance_margin, at_chance, chance_line, front, group_name, is_feasible
-from analysis.results import StudyError, load_results, study_info
+from analysis.results import StudyError, load_results, row_config, study_info
 from study.metrics import CHANCE_MARGIN, FINAL, OBJECTIVES
 
 PICKS = ("knee", "max-accuracy", "min-size")
@@ -77,10 +77,8 @@ def _plain(value):
 
 
 def export(row: pd.Series, pick: str, out: Path) -> Path:
-    config = {k[len("config/"):]: v for k, v in row.items()
-              if k.startswith("config/") and not (isinstance(v, float) and np.isnan(v))}
     info = study_info(Path(row["study_dir"]))
-    doc = {"config": config, "provenance": {
+    doc = {"config": row_config(row), "provenance": {
         "study": row["study"], "study_dir": row["study_dir"], "trial_id": row["trial_id"],
         "optuna_number": None if pd.isna(row["optuna_number"]) else int(row["optuna_number"]),
         "pick": pick, "threads": max(1, int(info.get("cpus_per_trial", 1))),

@@ -6,9 +6,9 @@ diverged, degenerate or failed: each spent compute), in the order they ended, ag
 of trials ended, the seconds since the study's first trial started (Ray's `timestamp` of a trial's
 last report; a trial started at `timestamp - time_total_s`) and the epochs run so far. Only
 complete, feasible (`--constraint`) trials away from chance accuracy add points, as in
-`analysis.pareto`. The area is `analysis.pareto.hypervolume_2d`: exact for two objectives (a sweep
+`analysis.pareto`. The area is `study.pareto.hypervolume_2d`: exact for two objectives (a sweep
 over the front sorted by sparsity), a few lines instead of Optuna's private `optuna._hypervolume`
-(the tests check both agree).
+(the tests check both agree); study.pareto also compares curves (by trials, at a budget).
 Writes `hypervolume.csv` (a row per ended trial) and `hypervolume.png` (two panels, a line per
 study and group) to `--out` (default: the first study's `analysis/` folder).
 """
@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import add_chance_margin, at_chance, group_name, hypervolume_2d, is_feasible, save_figure
+from analysis.pareto import add_chance_margin, at_chance, group_name, is_feasible, save_figure
+from analysis.results import StudyError, load_results, load_study
 from study import layout
 from study.metrics import CHANCE_MARGIN, OBJECTIVES
+from study.pareto import hypervolume_2d
 
 ENDED = ("complete", "stopped", "diverged", "degenerate", "failed")
 COLUMNS = ["study", "front", "trials", "seconds", "epochs", "trial_id", "status", "hypervolume"]
@@ -62,23 +64,10 @@ def hypervolume_curves(df: pd.DataFrame, chance_margin: float = CHANCE_MARGIN) -
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def by_trials(curve: pd.DataFrame, n: int) -> np.ndarray:
-    """One study's curve for one front as hypervolumes after 1..n trials ended (a study that
-    ended fewer keeps its last value; none ended: 0)."""
-    values = curve.sort_values("trials")["hypervolume"].to_numpy(dtype=float)[:n]
-    return np.concatenate([values, np.full(n - len(values), values[-1] if len(values) else 0.0)])
-
-
-def at_budget(curve: pd.DataFrame, column: str, budget: float) -> float:
-    """One study's hypervolume once `column` (`epochs`, `seconds`) had reached at most `budget`."""
-    within = curve[curve[column] <= budget]
-    return float(within["hypervolume"].iloc[-1]) if len(within) else 0.0
-
-
-def trials_to_reach(curve: np.ndarray, target: float) -> int | None:
-    """Trials a (mean) curve needs to reach `target` hypervolume (1-based), None if it never does."""
-    reached = np.flatnonzero(curve >= target - 1e-12)
-    return int(reached[0]) + 1 if len(reached) else None
+def study_curves(study_dir: str | Path) -> pd.DataFrame:
+    """One study's curves (`hypervolume_curves` of its trials, default chance margin): what
+    `prunestudy bench samplers` compares (study.pareto's by_trials, at_budget, trials_to_reach)."""
+    return hypervolume_curves(load_study(study_dir))
 
 
 def plot(curves: pd.DataFrame, path: Path) -> None:
@@ -102,8 +91,6 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.results import StudyError, load_results
-
     p = argparse.ArgumentParser(prog="python -m analysis.hypervolume",
                                 description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders")

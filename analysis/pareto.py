@@ -2,8 +2,9 @@
 
 One front per (method, dataset, model) over all the studies given, never mixing datasets: the
 non-dominated complete trials on (val_accuracy, sparsity), their test accuracy beside, and the
-dominated hypervolume (reference point accuracy 0, sparsity 0), one number to compare samplers;
-where a dataset has several (method, model) groups, also their joint front `all/<dataset>`.
+dominated hypervolume (reference point accuracy 0, sparsity 0; study.pareto), one number to
+compare samplers; where a dataset has several (method, model) groups, also their joint front
+`all/<dataset>`.
 Complete trials at chance validation accuracy (<= 1 / num_classes + `--chance-margin`) are left
 out of fronts and hypervolumes (a dead network is trivially sparse), and the command says how many;
 degenerate trials (ended early) and trials stopped at a rung (`--scheduler mo-asha`: mid-run values)
@@ -20,11 +21,12 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from analysis.results import CONFIG_PREFIX, StudyError, load_results, saved_line, study_info
 from study import layout
 from study.metrics import CHANCE_MARGIN, OBJECTIVES, near_chance
+from study.pareto import hypervolume_2d, pareto_mask
 
 GROUP = ("method", "dataset", "model")  # a front compares like with like: one of each at a time
 
@@ -72,44 +74,12 @@ def is_feasible(df: pd.DataFrame) -> pd.Series:
     return df["feasible"].fillna(True).astype(bool)
 
 
-def pareto_mask(points: np.ndarray) -> np.ndarray:
-    """Boolean mask of the non-dominated rows of `points` (n x k, all maximized). A row with a NaN
-    is never on the front; identical rows do not dominate each other, so duplicates are all kept."""
-    if len(points) == 0:  # no point: an empty front (reshape cannot infer a width from nothing)
-        return np.zeros(0, dtype=bool)
-    points = np.asarray(points, dtype=float).reshape(len(points), -1)
-    valid = ~np.isnan(points).any(axis=1)
-    others = points[valid]
-    mask = np.zeros(len(points), dtype=bool)
-    for i in np.flatnonzero(valid):
-        dominated = ((others >= points[i]).all(axis=1) & (others > points[i]).any(axis=1)).any()
-        mask[i] = not dominated
-    return mask
-
-
 def front(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.DataFrame:
     """The non-dominated rows of `df`, sorted by the first objective, best first."""
     if df.empty:
         return df
     return df[pareto_mask(df[list(objectives)].to_numpy())].sort_values(
         list(objectives), ascending=False)
-
-
-def hypervolume_2d(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.0)) -> float:
-    """Area dominated by `points` (n x 2, both maximized) and bounded below by `reference`."""
-    pts = np.asarray(points, dtype=float).reshape(-1, 2)
-    pts = pts[~np.isnan(pts).any(axis=1)]
-    pts = pts[(pts[:, 0] > reference[0]) & (pts[:, 1] > reference[1])]
-    if len(pts) == 0:
-        return 0.0
-    pts = pts[pareto_mask(pts)]
-    pts = pts[np.argsort(pts[:, 1])]  # sparsity ascending, so accuracy descends along the front
-    area, prev = 0.0, reference[1]
-    for acc, sp in pts:
-        if sp > prev:
-            area += (sp - prev) * (acc - reference[0])
-            prev = sp
-    return float(area)
 
 
 def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
@@ -218,7 +188,7 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
     y, x = objectives
     fig = go.Figure()
     data = df.dropna(subset=list(objectives))
-    hover = [c for c in data.columns if c.startswith("config/") or c in (
+    hover = [c for c in data.columns if c.startswith(CONFIG_PREFIX) or c in (
         "trial_id", "study", "status", "degenerate_reason", "test_accuracy", "collapse")]
 
     def points(rows: pd.DataFrame, name: str, **style) -> None:
@@ -269,7 +239,6 @@ def log_to_wandb(table: pd.DataFrame, study_dir: Path, info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from analysis.collapse import flag_collapse
-    from analysis.results import StudyError, load_results, saved_line, study_info
 
     p = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", help="study folders")
@@ -293,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_html(df, table, out / "pareto.html", objectives, margin)
     show = ["front", "study", "trial_id", *objectives, "test_accuracy", "collapse",
             "reparam/target_missed"] + sorted(
-        c for c in df.columns if c.startswith("config/") and df[c].nunique(dropna=True) > 1)
+        c for c in df.columns if c.startswith(CONFIG_PREFIX) and df[c].nunique(dropna=True) > 1)
     counts = df["status"].value_counts().to_dict()
     print(f"{len(df)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     print(chance_line(df, margin))

@@ -1,8 +1,9 @@
 """One table of trials from one or more study folders (read only: never trains, never writes).
 
-A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, model, status, every
-setting as `config/<key>`, and every metric at its last reported value (`epoch` tells how far the
-trial got). Status: `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
+A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, model (the value of
+the setting its method declares as its `architecture`), status, every setting as `config/<key>`, and
+every metric at its last reported value (`epoch` tells how far the trial got). Status: the trial's
+outcome (study.outcome): `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
 `degenerate` (ended early by the trainable: chance accuracy for `degenerate_epochs` epochs, or a
 dead network; `degenerate_reason` says which), `stopped` (stopped at a rung by `--scheduler
 mo-asha`: its metrics are a mid-run epoch's, `stopped_at_epoch` says which), `failed` (raised, or
@@ -15,13 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from study import layout
 from study.constraints import feasible, parse_constraints
+from study.methods import METHODS
 from study.metrics import STOPPED_ATTR
+from study.outcome import RAY_TRIAL_ID_ATTR, outcome
 
-STATUSES = ("complete", "diverged", "degenerate", "stopped", "failed", "running")
+CONFIG_PREFIX = "config/"  # a trial's setting KEY is the column `config/KEY`
 
 
 class StudyError(ValueError):
@@ -46,18 +50,18 @@ def _optuna_trials(study_dir: Path) -> dict[str, Any]:
     out = {}
     for name in optuna.study.get_all_study_names(storage):
         for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
-            if "ray_trial_id" in t.user_attrs:
-                out[t.user_attrs["ray_trial_id"]] = t
+            if RAY_TRIAL_ID_ATTR in t.user_attrs:
+                out[t.user_attrs[RAY_TRIAL_ID_ATTR]] = t
     return out
 
 
 def _status(last: dict[str, Any], trial_dir: Path, optuna_trial: Any) -> str:
-    if last.get("diverged"):
-        return "diverged"
-    if last.get("degenerate"):  # ended early, without a test accuracy
-        return "degenerate"
-    if "test_accuracy" in last:  # the final report: complete, even after an earlier error
-        return "complete"
+    """study.outcome's word for a trial that ended by its own last report (complete even after
+    an earlier error); else `stopped` only as Optuna recorded it (a rung report is also the last
+    one of a trial still running), `failed` from its error.txt or Optuna's FAIL, or `running`."""
+    how = outcome(last)
+    if how in ("complete", "diverged", "degenerate"):
+        return how
     if optuna_trial is not None and STOPPED_ATTR in optuna_trial.user_attrs:
         return "stopped"  # by the scheduler at a rung: a mid-run report, never a front point
     if layout.trial_errored(trial_dir) or (
@@ -81,22 +85,29 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
         for result in history:  # every metric at its last reported value
             last.update({k: v for k, v in result.items() if k != "config" and v is not None})
         ot = optuna_trials.get(trial_id)
+        method = config.get("method", info.get("method"))
         rows.append({
             "study": study_dir.name, "study_dir": str(study_dir), "trial_id": trial_id,
             "optuna_number": ot.number if ot is not None else None,
-            "method": config.get("method", info.get("method")),
+            "method": method,
             "variant": config.get("variant"), "dataset": config.get("dataset", info.get("dataset")),
-            # the architecture fronts compare on: `model` where the method has one, else beta_vae's
-            # variant (the Beta-VAE-Classif or the CNN-Classif network)
-            "model": config.get("model", config.get("variant")),
+            # the architecture fronts compare on: the setting its method declares names its network
+            "model": config.get(METHODS[method].architecture) if method in METHODS else None,
             "status": _status(history[-1] if history else {}, trial_dir, ot),
             "feasible": feasible(constraints, last),
             **({STOPPED_ATTR: ot.user_attrs[STOPPED_ATTR]}
                if ot is not None and STOPPED_ATTR in ot.user_attrs else {}),
-            **{f"config/{k}": v for k, v in config.items()},
+            **{f"{CONFIG_PREFIX}{k}": v for k, v in config.items()},
             **{k: v for k, v in last.items() if not isinstance(v, (dict, list))},
         })
     return pd.DataFrame(rows)
+
+
+def row_config(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
+    """The settings a trial ran with, from its row of the table (its `config/` columns, as plain
+    Python values; NaN: a setting of another study's trials, left out)."""
+    return {k[len(CONFIG_PREFIX):]: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
+            if k.startswith(CONFIG_PREFIX) and not (isinstance(v, float) and np.isnan(v))}
 
 
 def compute_saved(df: pd.DataFrame) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Every trial on a front of the study (one per (method, dataset, model), feasible and away from
 chance, as `analysis.pareto` draws them) is trained again with `--seeds` new seeds (its seed + 1,
-+ 2, ...), through Ray, in parallel, by the trainable every search runs. The new runs alone give
++ 2, ...), through Ray, in parallel, by the trainable every search runs (study.rerun: analysis
+never trains itself). The new runs alone give
 each point's mean +- standard deviation (sample std; 0 for one seed) of val_accuracy, sparsity and
 test_accuracy: the original run is left out, since being on the front selected it for its luck.
 `survives`: the point's means are still non-dominated among its front's means. Writes
@@ -23,9 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import finish_scatter, fronts, pareto_mask
+from analysis.pareto import finish_scatter, fronts
+from analysis.results import StudyError, load_results, row_config, study_info
 from study import layout
 from study.metrics import OBJECTIVES
+from study.outcome import is_final
+from study.pareto import pareto_mask
+from study.rerun import rerun
 
 MEASURED = (*OBJECTIVES, "test_accuracy")
 
@@ -36,17 +41,11 @@ def front_configs(df: pd.DataFrame) -> pd.DataFrame:
     return table[~table["front"].str.startswith("all/")].drop_duplicates(["study", "trial_id"])
 
 
-def trial_config(row: pd.Series) -> dict[str, Any]:
-    """The settings a trial ran with (its `config/` columns; NaN: a setting of another study's)."""
-    return {k[len("config/"):]: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
-            if k.startswith("config/") and not (isinstance(v, float) and np.isnan(v))}
-
-
 def seed_runs(front: pd.DataFrame, seeds: int) -> list[dict[str, Any]]:
     """One config per (front trial, new seed); no rung probes (only final metrics are read)."""
     runs = []
     for _, row in front.iterrows():
-        config = trial_config(row)
+        config = row_config(row)
         for k in range(1, seeds + 1):
             runs.append({"of": row["trial_id"], "front": row["front"],
                          "config": {**config, "seed": int(config.get("seed", 0)) + k,
@@ -60,7 +59,7 @@ def summarize(front: pd.DataFrame, results: list[dict[str, Any]]) -> pd.DataFram
     rows = []
     for _, point in front.iterrows():
         mine = [r for r in results if r["of"] == point["trial_id"]]
-        done = [r for r in mine if "test_accuracy" in r]
+        done = [r for r in mine if is_final(r)]
         row = {"front": point["front"], "trial_id": point["trial_id"], "seeds": len(mine),
                "runs_complete": len(done), **{m: point[m] for m in MEASURED if m in point}}
         for m in MEASURED:
@@ -74,47 +73,6 @@ def summarize(front: pd.DataFrame, results: list[dict[str, Any]]) -> pd.DataFram
         means = group[[f"{m}_mean" for m in OBJECTIVES]].to_numpy(dtype=float)
         out.loc[group.index, "survives"] = pareto_mask(means)
     return out
-
-
-def _rerun(config: dict[str, Any], data=None) -> None:
-    """Ray's trainable for one new-seed run (`config["run"]`, from seed_runs): the search's
-    trainable on the run's trial config."""
-    from study.trainable import run_trial
-
-    run_trial(config["run"]["config"], data)
-
-
-def run_seeds(runs: list[dict[str, Any]], info: dict[str, Any], out: Path, cpus: float,
-              gpus: float, max_concurrent: int, address: str | None) -> list[dict[str, Any]]:
-    """Train every run through Ray Tune (as many at a time as the resources allow); returns each
-    run's last report with `of` (the front trial) beside it."""
-    import ray
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from study.data import load_dataset
-    from study.search import init_ray, trial_dirname
-
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # diverged runs report none
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    data = load_dataset(info["dataset"], info["data_dir"])
-    init_ray(address, {})
-    try:
-        trainable = tune.with_resources(tune.with_parameters(_rerun, data=data),
-                                        {"cpu": cpus, "gpu": gpus})
-        tuner = tune.Tuner(
-            trainable, param_space={"run": tune.grid_search(runs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None,
-                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=f"robust-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str((out / "robust-runs").resolve()), verbose=0,
-                                      callbacks=[JsonLoggerCallback()]))
-        grid = tuner.fit()
-    finally:
-        ray.shutdown()
-    return [{"of": result.config["run"]["of"], "seed": result.config["run"]["config"]["seed"],
-             **(result.metrics or {})} for result in grid]
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:
@@ -151,8 +109,6 @@ def log_to_wandb(summary: pd.DataFrame, study_dir: Path, info: dict[str, Any]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.results import StudyError, load_results, study_info
-
     p = argparse.ArgumentParser(prog="python -m analysis.robust", description=__doc__.splitlines()[0])
     p.add_argument("study", help="study folder")
     p.add_argument("--seeds", type=int, default=3, help="new seeds per front trial (default 3)")
@@ -185,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else info.get("cpus_per_trial", 1.0)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else info.get("gpus_per_trial", 0.0)
-    results = run_seeds(runs, info, out, cpus, gpus, args.max_concurrent, args.address)
+    reports = rerun([r["config"] for r in runs], info["dataset"], info["data_dir"],
+                    out / "robust-runs", f"robust-{time.strftime('%Y%m%d-%H%M%S')}", cpus, gpus,
+                    args.max_concurrent, args.address)
+    results = [{"of": r["of"], "seed": r["config"]["seed"], **report}
+               for r, report in zip(runs, reports, strict=True)]
     summary = summarize(front, results)
     summary.to_csv(out / "robust.csv", index=False)
     plot(summary, out / "robust.png")

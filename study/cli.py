@@ -1,5 +1,11 @@
 """`prunestudy COMMAND ...`: one console command for every action; each command takes the same
-flags as its module (`prunestudy search beta_vae` is `python -m study.search beta_vae`)."""
+flags as its module (`prunestudy search beta_vae` is `python -m study.search beta_vae`).
+
+The composition root: the one place in study/ that names analysis/ (the engine never imports it).
+Modules are imported by name, and an engine command that shows analysis's work is handed the
+analysis function here (`GIVEN`): `prunestudy search` prints analysis.summary's end-of-study
+summary, `prunestudy bench samplers` compares analysis.hypervolume's curves of the studies it ran.
+"""
 from __future__ import annotations
 
 import importlib
@@ -8,11 +14,16 @@ import sys
 COMMANDS = {  # command -> (module with main(argv), what it does)
     "search": ("study.search", "run a study: Ray Tune trials, Optuna's sampler, W&B runs"),
     "pareto": ("analysis.pareto", "Pareto fronts of accuracy against sparsity (CSV, PNG, HTML, W&B)"),
+    "hypervolume": ("analysis.hypervolume", "hypervolume as studies progress, by trials and by time"),
+    "robust": ("analysis.robust", "the front with error bars: its trials re-run with new seeds"),
     "collapse": ("analysis.collapse", "posterior-collapse flags of beta_vae trials, by beta"),
     "export": ("analysis.export", "best configs of a study as YAML, ready for `prunestudy train`"),
     "train": ("study.train", "retrain an exported config over seeds"),
     "bench": ("study.bench", "figures: epoch times, the papers' tables, the harness's overhead"),
 }
+# command -> {keyword of its main: "module:function" it is given}
+GIVEN = {"search": {"summarize": "analysis.summary:summarize"},
+         "bench": {"study_curves": "analysis.hypervolume:study_curves"}}  # bench samplers' curves
 
 
 def usage() -> str:
@@ -20,6 +31,11 @@ def usage() -> str:
     lines = [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
     return ("usage: prunestudy COMMAND [ARGS...]   (prunestudy COMMAND --help for its flags)\n\n"
             "commands:\n" + "\n".join(lines))
+
+
+def _function(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
+    given = {k: _function(v) for k, v in GIVEN.get(command, {}).items()}
     sys.argv = [f"prunestudy {command}", *rest]  # as if run as its module (study.json records it)
-    return module.main(rest) or 0
+    return module.main(rest, **given) or 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from study.metrics import CHANCE_MARGIN
+
 
 class ConfigError(ValueError):
     """A bad setting; the message is one line naming the key and the value."""
@@ -54,8 +56,8 @@ class TrialConfig:
                                      "from the second epoch, that end a trial early as "
                                      "degenerate, as does a dead network at any epoch (0: never "
                                      "end early)", low=0)
-    chance_margin: float = setting(0.02, "validation accuracy within this of chance (1 / classes) "
-                                   "counts as chance", low=0.0, high=1.0)
+    chance_margin: float = setting(CHANCE_MARGIN, "validation accuracy within this of chance "
+                                   "(1 / classes) counts as chance", low=0.0, high=1.0)
     device: str = setting("auto", "auto: CUDA when the trial holds a GPU, else CPU",
                           choices=("auto", "cpu", "cuda"))
     rung_epochs: str = setting("", "epochs (comma-separated) after which the trial also reports its "
@@ -108,14 +110,18 @@ def build(cls, values: dict[str, Any]):
 
 
 def describe(cls) -> str:
-    """One line per setting: name, default, admissible values, help."""
+    """One line per setting: name, type, default, admissible values, help (`prunestudy search
+    METHOD --settings`)."""
+    hints = get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
         m = f.metadata
-        allowed = (f" in {list(m['choices'])}" if m.get("choices") else
-                   f" in [{m.get('low')}, {m.get('high')}]" if m.get("low") is not None or m.get("high")
-                   is not None else "")
-        lines.append(f"  {f.name} = {f.default!r}{allowed}: {m.get('help', '')}")
+        low, high = m.get("low"), m.get("high")
+        allowed = (f", one of {', '.join(map(repr, m['choices']))}" if m.get("choices") else
+                   f", in [{low}, {high}]" if low is not None and high is not None else
+                   f", >= {low}" if low is not None else f", <= {high}" if high is not None else "")
+        lines.append(f"  {f.name}: {hints[f.name].__name__} = {f.default!r}{allowed}: "
+                     f"{m.get('help', '')}")
     return "\n".join(lines)
 
 

@@ -24,7 +24,10 @@ from typing import Any
 
 from ray.tune import Callback
 
+from study.config import TrialConfig
 from study.metrics import RUNG_OBJECTIVES, near_chance
+from study.outcome import DEGENERATE_REASON_KEY, FINAL_KEY, outcome
+from study.pareto import pareto_mask
 
 
 def _duration(seconds: float) -> str:
@@ -69,16 +72,19 @@ class StudyConsole(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         last = self.progress.get(trial.trial_id, {})
-        if last.get("diverged"):
+        ended = outcome(last)
+        if ended == "diverged":
             how = f"diverged at epoch {last['epoch']} (loss {last.get('loss')})"
-        elif last.get("degenerate"):
-            how = f"degenerate at epoch {last['epoch']}: {last.get('degenerate_reason')}"
-        elif "test_accuracy" in last:
+        elif ended == "degenerate":
+            how = f"degenerate at epoch {last['epoch']}: {last.get(DEGENERATE_REASON_KEY)}"
+        elif ended == "complete":
             how = (f"complete: val {last['val_accuracy']:.1%} at sparsity {last['sparsity']:.2f} "
-                   f"(test {last['test_accuracy']:.1%})")
-            if not near_chance(last["val_accuracy"], last.get("num_classes", 10)):
+                   f"(test {last[FINAL_KEY]:.1%})")
+            # a point of the front unless at chance, by the trial's own measure (the trainable's)
+            margin = trial.config.get("chance_margin", TrialConfig.chance_margin)
+            if not near_chance(last["val_accuracy"], last["num_classes"], margin):
                 self.points[trial.trial_id] = (last["val_accuracy"], last["sparsity"])
-        elif all(m in last for m in RUNG_OBJECTIVES):  # --scheduler mo-asha stopped it at a rung
+        elif ended == "stopped":  # --scheduler mo-asha stopped it at a rung
             how = (f"stopped at rung epoch {last['epoch']}: probe val {last[RUNG_OBJECTIVES[0]]:.1%} "
                    f"at sparsity {last[RUNG_OBJECTIVES[1]]:.2f} (not in the rung's top)")
         else:
@@ -99,8 +105,6 @@ class StudyConsole(Callback):
             self._status(trials)
 
     def _show_front(self) -> None:
-        from analysis.pareto import pareto_mask
-
         ids = list(self.points)
         front = [i for i, on in zip(ids, pareto_mask([self.points[i] for i in ids]), strict=True) if on]
         front.sort(key=lambda i: -self.points[i][0])

@@ -8,8 +8,9 @@ The trainable ends every trial with one report that says how it ended:
   stopped      stopped at a rung by `--scheduler mo-asha`: a mid-run report holding the rung
                objectives and none of the above
   running      none of these: still running, or interrupted
-The Optuna bridge, the scheduler, the console, resume and analysis all call `outcome`; analysis adds
-`failed` (the trial raised, or Optuna recorded it failed) from what lies beside the reports.
+The Optuna bridge (the states it tells, and their reconciliation on resume), the scheduler, the
+console, `prunestudy train` and analysis all ask here; analysis adds `failed` (the trial raised, or
+Optuna recorded it failed) from what lies beside the reports.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What `--resume` needs beyond `Tuner.restore`: letting a study grow, repairing a trial whose
-snapshot names a deleted checkpoint, and making Optuna agree with Ray afterwards.
+"""What `--resume` needs beyond `Tuner.restore`: letting a study grow and repairing a trial whose
+snapshot names a deleted checkpoint (making Optuna agree with Ray afterwards is
+study.optuna_bridge's `reconcile_optuna`).
 
 A killed driver leaves Ray's last experiment snapshot behind what happened on disk: trials may have
 reported (and checkpointed) since, and Optuna may have been asked or told since. Each function here
@@ -11,13 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pyarrow.fs
 import ray.cloudpickle as pickle
 from ray import tune
 
 from study import layout, ray_compat
-from study.metrics import OBJECTIVES
 from study.trainable import load_state
 
 
@@ -103,19 +102,3 @@ def _result_row(fs: pyarrow.fs.FileSystem, folder: str, checkpoint_name: str) ->
             return row
     return {}
 
-
-def reconcile_optuna(study_dir: Path, name: str) -> int:
-    """Make the Optuna study agree with Ray's trials after a run: a trial Optuna still holds as
-    RUNNING was orphaned by an interrupted driver (asked after Ray's last snapshot): it is told
-    COMPLETE with its final metrics if its Ray trial finished, else FAIL. Returns how many."""
-    study = optuna.load_study(study_name=name, storage=layout.optuna_storage(study_dir))
-    fixed = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        rows = layout.trial_history(layout.trial_dir(study_dir, t.user_attrs.get("ray_trial_id")))
-        final = rows[-1] if rows and "test_accuracy" in rows[-1] else {}
-        if all(m in final for m in OBJECTIVES):
-            study.tell(t.number, [final[m] for m in OBJECTIVES])
-        else:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        fixed += 1
-    return fixed

@@ -12,13 +12,14 @@ multi-objective ranking (Schmucker et al. 2021) in place of the scalar cutoff.
 Why rung objectives: beta_vae and reparam reach their final sparsity only at their last epoch, so
 their reported `val_accuracy`/`sparsity` mid-run are not comparable with each other's nor with final
 ones. At a rung, every trial is measured by one rule: its method's `probe_model()` (a copy of the
-network pruned to the trial's final target, not fine-tuned; a method without one: its inference
-network as it is), evaluated on the validation split and counted from its tensors
-(`rung_objectives`). The trainable reports them at the epochs the search passes in the trial
-setting `rung_epochs`.
+network pruned to the trial's final target, not fine-tuned; None: its inference network as it is),
+evaluated on the validation split and counted from its tensors (`rung_objectives`). The trainable
+reports them at the epochs the search passes in the trial setting `rung_epochs`. The rankings are
+study.pareto's.
 
-A trial stopped here is told to Optuna as PRUNED with its rung (`record_stopped`): samplers learn
-from it as from any pruned trial, and analysis shows it as `stopped`, never as a front point.
+A trial stopped here is told to Optuna as PRUNED with its rung (study.optuna_bridge's
+`record_stopped`): samplers learn from it as from any pruned trial, and analysis shows it as
+`stopped`, never as a front point.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from analysis.pareto import hypervolume_2d, pareto_mask
-from study.metrics import RUNG_OBJECTIVES, STOPPED_ATTR
+from study.metrics import RUNG_OBJECTIVES
+from study.outcome import outcome
+from study.pareto import hypervolume_contributions, nondominated_ranks
 
 GRACE_PERIOD = 1  # epochs before the first rung
 REDUCTION_FACTOR = 3.0  # 1 in r trials continues at each rung
@@ -76,14 +78,13 @@ def rung_objectives(method, dense, x, y, batch_size: int, measured: tuple[float,
                     ) -> dict[str, float]:
     """The rung objectives of a trial now: its method's `probe_model()` (a copy of its network
     pruned to the trial's final target, not fine-tuned), evaluated on (x, y), its sparsity counted
-    from the tensors as the trainable counts `sparsity`; for a method without a probe, or whose
-    probe is None (already at its target), its network as it is: `measured`, the epoch's own
-    (val_accuracy, sparsity). Reads the method's state, never changes it (nor any RNG)."""
+    from the tensors as the trainable counts `sparsity`; when the probe is None (the network as it
+    is is its final state), that network: `measured`, the epoch's own (val_accuracy, sparsity).
+    Reads the method's state, never changes it (nor any RNG)."""
     from study.metrics import accuracy
     from study.sparsity import sparsity
 
-    probe = getattr(method, "probe_model", None)
-    model = probe() if probe is not None else None
+    model = method.probe_model()
     if model is None:
         return dict(zip(RUNG_OBJECTIVES, measured, strict=True))
     return {RUNG_OBJECTIVES[0]: accuracy(model, x, y, batch_size),
@@ -91,33 +92,6 @@ def rung_objectives(method, dense, x, y, batch_size: int, measured: tuple[float,
 
 
 # --- the promotion rule (pure) --------------------------------------------------------------------
-
-def nondominated_ranks(points: np.ndarray) -> np.ndarray:
-    """Front index of each row (0: non-dominated; all columns maximized). A row with a NaN is in a
-    front of its own after every other."""
-    points = np.asarray(points, dtype=float).reshape(len(points), -1)
-    ranks = np.full(len(points), -1)
-    valid = ~np.isnan(points).any(axis=1)
-    left = np.flatnonzero(valid)
-    rank = 0
-    while len(left):
-        on_front = pareto_mask(points[left])
-        ranks[left[on_front]] = rank
-        left = left[~on_front]
-        rank += 1
-    ranks[~valid] = rank
-    return ranks
-
-
-def hypervolume_contributions(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.0)
-                              ) -> np.ndarray:
-    """Each row's exclusive hypervolume in the set: HV(all) - HV(all but it) (2 objectives,
-    maximized; duplicates contribute nothing, as neither adds area the other lacks)."""
-    points = np.asarray(points, dtype=float).reshape(-1, 2)
-    total = hypervolume_2d(points, reference)
-    return np.array([total - hypervolume_2d(np.delete(points, i, axis=0), reference)
-                     for i in range(len(points))])
-
 
 def rung_order(points: np.ndarray) -> np.ndarray:
     """Row indices of `points` (rows in arrival order), best first: by non-dominated front, then
@@ -216,22 +190,6 @@ class MultiObjectiveASHA(FIFOScheduler):
 
 
 def stopped_at(result: dict[str, Any] | None) -> int | None:
-    """The rung epoch of a trial's last result when that result ended the trial at a rung: it
-    holds the rung objectives and no `test_accuracy` (a trial's own last report always has one,
-    or `diverged`/`degenerate`); else None."""
-    if (not result or "test_accuracy" in result or result.get("diverged")
-            or result.get("degenerate") or any(result.get(m) is None for m in RUNG_OBJECTIVES)):
-        return None
-    return int(result["epoch"])
-
-
-def record_stopped(study, trial, result: dict[str, Any]) -> None:
-    """Tell Optuna that `trial` was stopped at a rung: PRUNED (samplers rank it below every
-    complete trial, as a trial that did not earn its full budget; never on Optuna's best_trials),
-    with the rung epoch and its rung objectives as user attributes."""
-    import optuna
-
-    trial.set_user_attr(STOPPED_ATTR, int(result["epoch"]))
-    for m in RUNG_OBJECTIVES:
-        trial.set_user_attr(m, float(result[m]))
-    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    """The rung epoch of a trial's last result when that result ended the trial at a rung (its
+    outcome is `stopped`: study.outcome); else None."""
+    return int(result["epoch"]) if outcome(result) == "stopped" else None

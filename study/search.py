@@ -11,14 +11,15 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna.distributions as od
 
-from study import layout, ray_compat
-from study.config import ConfigError
-from study.constraints import Constraint, feasible, parse_constraints, tell_constraints
+from study import layout
+from study.config import ConfigError, TrialConfig, describe
+from study.constraints import Constraint, parse_constraints
 from study.data import DATASETS, DataError, Dataset, default_data_dir, load_dataset
 from study.methods import METHODS
 from study.metrics import OBJECTIVES, mode
@@ -31,6 +32,8 @@ from study.spaces import StudySpace, load_space, parse_assignment
 # settings"). NSGA-II keeps Optuna's population of 50: 16 did no better than random search.
 SAMPLERS = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}
 SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5}}
+# the end-of-study summary of a study folder: analysis work, given by the composition root (study.cli)
+Summarize = Callable[[Path], str]
 SCHEDULERS = ("fifo", "mo-asha")  # mo-asha: multi-objective successive halving (study.scheduler)
 CHECKPOINT_EVERY = 30.0  # seconds: a checkpoint (and Ray's experiment snapshot) costs ~1 s here
 
@@ -45,6 +48,9 @@ class OneLineErrors(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineErrors(prog="python -m study.search", description=__doc__.splitlines()[0])
     p.add_argument("method", help=f"pruning method: {', '.join(METHODS)}")
+    p.add_argument("--settings", action="store_true",
+                   help="print every setting a trial of METHOD takes (for --set and search spaces): "
+                   "its default, admissible values and meaning; then exit, starting nothing")
     p.add_argument("--dataset", help=f"{', '.join(DATASETS)} or folder:PATH (default: the space's, "
                    "else mnist)")
     p.add_argument("--data-dir", default=None, help="dataset root (default: $PRUNESTUDY_DATA_DIR or "
@@ -199,58 +205,11 @@ def make_sampler(name: str, seed: int, settings: dict[str, Any] | None = None):
 def make_searcher(space: StudySpace, study_dir: Path, name: str, sampler: str, seed: int,
                   constraints: list[Constraint] | None = None,
                   sampler_args: dict[str, Any] | None = None):
+    """The study's searcher (study.optuna_bridge), its Optuna study created in the study folder
+    with the fixed settings, the constraints and the objectives' names recorded on it."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    from study.scheduler import record_stopped, stopped_at
-
-    class LinkedOptunaSearch(OptunaSearch):
-        """OptunaSearch that records each Ray trial id on its Optuna trial, so the two agree; tells
-        Optuna the study's constraints (study.constraints) and the trials MO-ASHA stopped."""
-        study_constraints: list[Constraint] = []  # the study's, set below (none in older studies)
-
-        def suggest(self, trial_id: str) -> dict | None:
-            params = super().suggest(trial_id)
-            ray_compat.optuna_trial(self, trial_id).set_user_attr("ray_trial_id", trial_id)
-            return params
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                              error: bool = False) -> None:
-            completed, study = ray_compat.completed_trials(self), ray_compat.optuna_study(self)
-            if (trial_id in completed and result and not error
-                    and all(m in result for m in OBJECTIVES)):
-                # a trial that errored (told FAIL) and then finished after --resume: its failed
-                # attempt stays FAIL, its finished one is recorded beside it, once
-                complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if trial_id not in {t.user_attrs.get("ray_trial_id") for t in complete}:
-                    failed = ray_compat.optuna_trial(self, trial_id)
-                    study.add_trial(optuna.trial.create_trial(
-                        params=failed.params, distributions=failed.distributions,
-                        values=[result[m] for m in OBJECTIVES],
-                        user_attrs={**failed.user_attrs, "resumed_after_failure_of": failed.number,
-                                    "feasible": feasible(self.study_constraints, result)}))
-                return
-            ended = [k for k in ("diverged", "degenerate") if result and result.get(k)]
-            if ended and trial_id not in completed:
-                # a diverged or degenerate trial ended early: pruned, which TPE ranks below
-                # every complete trial, so it learns to avoid the region; never a front point
-                trial = ray_compat.optuna_trial(self, trial_id)
-                trial.set_user_attr(ended[0], result.get("degenerate_reason", True))
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                completed.add(trial_id)
-                return
-            if not error and trial_id not in completed and stopped_at(result) is not None:
-                # stopped at a rung by --scheduler mo-asha: PRUNED with its rung (study.scheduler).
-                # Only a scheduler's STOP ends a trial on a rung report: an interrupted driver
-                # never calls on_trial_complete (Ray's cleanup stops actors only)
-                record_stopped(study, ray_compat.optuna_trial(self, trial_id), result)
-                completed.add(trial_id)
-                return
-            if (self.study_constraints and result and not error and trial_id not in completed
-                    and all(m in result for m in OBJECTIVES)):
-                tell_constraints(ray_compat.optuna_trial(self, trial_id), self.study_constraints,
-                                 result)
-            super().on_trial_complete(trial_id, result, error)
+    from study.optuna_bridge import LinkedOptunaSearch
 
     storage = layout.optuna_storage(study_dir)
     searcher = LinkedOptunaSearch(space=space.search, metric=list(OBJECTIVES),
@@ -289,38 +248,6 @@ def init_ray(address: str | None, env: dict[str, str], verbose: bool = False) ->
         # binds its gRPC servers to all interfaces regardless; its token auth (on by default)
         # is what guards them (README: Safety, and how to firewall the ports)
         ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=verbose)
-
-
-def summarize(study_dir: Path) -> str:
-    """The finished trials' Pareto fronts, one per (method, dataset, model), with test accuracy and
-    the settings that differ between trials beside; read back from the study folder as
-    `analysis.pareto` reads it, so a trial that failed, diverged or was degenerate is never a
-    point, nor is a finished one at chance accuracy (counted on a line of its own)."""
-    from analysis.pareto import at_chance, chance_line, fronts
-    from analysis.results import load_study, saved_line
-
-    df = load_study(study_dir)
-    counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items()) if len(df) else "none"
-    notes = [line for line in (saved_line(df) if len(df) else "",
-                               chance_line(df) if len(df) and at_chance(df).any() else "") if line]
-    counts = "\n".join([counts, *notes])
-    done = df[df["status"] == "complete"] if len(df) else df
-    if done.empty:
-        return f"no trial finished (trials: {counts})"
-    table, volumes = fronts(df)
-    if table.empty:
-        return f"trials: {counts}\nno front: every finished trial is at chance accuracy"
-    trials = dict(zip(volumes["front"], volumes["trials"], strict=True))
-    searched = [c for c in done.columns if c.startswith("config/") and done[c].nunique(dropna=True) > 1]
-    cols = ["trial_id", *OBJECTIVES, "test_accuracy", *searched]
-    parts = []
-    for name, rows in table.groupby("front", sort=False):
-        shown = rows[[c for c in cols if c in rows]].rename(
-            columns={c: c[len("config/"):] for c in searched})
-        parts.append(f"Pareto front (val_accuracy, sparsity) of {name}: {len(rows)} of "
-                     f"{trials[name]} finished trials\n"
-                     + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return f"trials: {counts}\n" + "\n\n".join(parts)
 
 
 def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
@@ -416,7 +343,7 @@ def _cluster_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, summarize: Summarize | None = None) -> int:
     for flag in ("name", "resume"):
         check_study_name(flag, getattr(args, flag))
     if not args.address:
@@ -432,7 +359,8 @@ def run(args: argparse.Namespace) -> int:
     from ray.tune.logger import JsonLoggerCallback
 
     from study.console import StudyConsole, quiet_libraries
-    from study.resume import CheckpointRepair, reconcile_optuna, set_total_samples
+    from study.optuna_bridge import reconcile_optuna
+    from study.resume import CheckpointRepair, set_total_samples
     from study.trainable import run_trial
 
     if not args.resume and not args.address:
@@ -484,8 +412,9 @@ def run(args: argparse.Namespace) -> int:
                   f"them later with `wandb sync {layout.wandb_dir(study_dir)}/offline-run-*`", flush=True)
         results = tuner.fit()
         reconciled = reconcile_optuna(study_dir, name)
-        print()
-        print(summarize(study_dir))
+        if summarize is not None:
+            print()
+            print(summarize(study_dir))
         print(f"\n{len(results)} trials, {len(results.errors)} failed"
               + (f", {reconciled} Optuna trials reconciled with Ray's" if reconciled else "")
               + f". Study folder: {study_dir}")
@@ -496,7 +425,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def settings_text(method: str, space_file: str | None = None) -> str:
+    """`--settings`: every setting of a trial of `method` (study.config.TrialConfig and the
+    method's Config) with its default, admissible values and help, and what the search space
+    searches."""
+    space = load_space(method, space_file)  # checks the method's name as a study does
+    config = METHODS[method].Config
+    return (f"settings of every trial (study.config.TrialConfig):\n{describe(TrialConfig)}\n\n"
+            f"settings of {method} ({config.__module__}.{config.__name__}):\n{describe(config)}\n\n"
+            f"searched by {space_file or f'search_spaces/{method}.yaml'} (--space, --set change "
+            f"it): {', '.join(space.search) or 'nothing'}")
+
+
+def main(argv: list[str] | None = None, summarize: Summarize | None = None) -> int:
+    """`prunestudy search`; `summarize` (given by study.cli: analysis's end-of-study summary) is
+    printed once the study ends."""
     args = parse_args(argv)
     # each checkpoint (num_to_keep=1) forces an experiment snapshot: by design (--checkpoint-every)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -508,11 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # Ray's newer console output prints its heading even when silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
-        return run(args)
+        if args.settings:
+            print(settings_text(args.method, args.space))
+            return 0
+        return run(args, summarize)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as `prunestudy search`, through the composition root (its summary)
+    from study.cli import main as cli_main
+
+    sys.exit(cli_main(["search", *sys.argv[1:]]))

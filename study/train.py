@@ -20,6 +20,7 @@ from typing import Any
 from study.config import ConfigError, read_yaml_mapping
 from study.data import DataError, default_data_dir, load_dataset
 from study.metrics import FINAL
+from study.outcome import outcome
 from study.spaces import parse_assignment
 
 
@@ -42,7 +43,7 @@ def _run_seed(config: dict[str, Any], data, out: Path) -> dict[str, Any]:
             shutil.move(folder / "state.pt", state)  # the folder is temporary, maybe on another disk
 
     metrics = train(config, data, keep_last)
-    if metrics.get("diverged"):
+    if outcome(metrics) == "diverged":
         return {"seed": config["seed"], **metrics}
     return {"seed": config["seed"], "state": str(state), **{m: metrics[m] for m in FINAL if m in metrics}}
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.seeds):
         runs.append(_run_seed({**config, "seed": trial.seed + k}, data, out))
         print(json.dumps(runs[-1]), flush=True)
-        if runs[-1].get("diverged"):
+        if outcome(runs[-1]) == "diverged":
             print(f"error: seed {runs[-1]['seed']} diverged at epoch {runs[-1]['epoch']}",
                   file=sys.stderr)
             return 1

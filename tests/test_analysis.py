@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from analysis.collapse import collapse_by_beta, flag_collapse
-from analysis.pareto import fronts, hypervolume_2d, pareto_mask
+from analysis.pareto import fronts
 from study import layout
-from study.tracking import offline_runs, read_offline_run
+from study.pareto import hypervolume_2d, pareto_mask
 from tests.conftest import run_main, run_module
+from tests.wandb_reader import offline_runs, read_offline_run
 
 
 def test_pareto_mask_handles_ties_duplicates_single_points_and_nans():
@@ -128,7 +129,7 @@ def test_collapse_flags_read_the_vae_state_at_the_end_of_its_phase():
 
 
 def test_the_search_summary_lists_finished_trials_only(tmp_path):
-    from study.search import summarize
+    from analysis.summary import summarize
 
     study = tmp_path / "s"
     study.mkdir()

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from study import search
-from study.cli import COMMANDS
+from study.cli import COMMANDS, usage
+from study.config import TrialConfig, fields
+from study.methods import METHODS
 from tests.conftest import run_main
 
 
@@ -57,3 +59,36 @@ def test_an_empty_search_space_runs_one_configuration_with_a_seed_per_trial(tmp_
     space = search.build_space(search.parse_args(["reparam", *fixed, "--set", "seed=7"]))
     searcher = search.make_searcher(space, tmp_path, "b", "tpe", 0)
     assert [searcher.suggest(f"t{i}")["seed"] for i in range(3)] == [7, 7, 7]  # unless it is fixed
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_settings_prints_every_setting_of_a_trial_and_starts_nothing(tmp_path, capsys, method):
+    storage = tmp_path / "runs"
+    assert run_main("study.cli", "search", method, "--settings", "--storage-dir", str(storage)) == 0
+    out = capsys.readouterr().out
+    for cls in (TrialConfig, METHODS[method].Config):
+        for name, field in fields(cls).items():
+            line = next((row for row in out.splitlines() if row.startswith(f"  {name}: ")), "")
+            assert f" = {field.default!r}" in line and field.metadata["help"] in line, name
+    # the default, then the admissible values: a range, a lower bound, choices
+    assert "  chance_margin: float = 0.02, in [0.0, 1.0]: " in out
+    assert "  seed: int = 0, >= 0: " in out and "  device: str = 'auto', one of 'auto', 'cpu'" in out
+    assert f"searched by search_spaces/{method}.yaml" in out
+    assert not storage.exists()
+    assert run_main("study.search", "gan", "--settings") == 2
+    assert "unknown method 'gan'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["hypervolume", "robust"])
+def test_the_analysis_modules_are_prunestudy_commands(command, capsys):
+    assert f"  {command}" in usage() and command in COMMANDS
+    assert run_main("study.cli", command, "--help") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "STUDY" in out and "--out" in out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_takes_what_the_composition_root_gives_it(command, capsys):
+    """study.cli hands some engine commands analysis functions (GIVEN): each main takes them."""
+    assert run_main("study.cli", command, "--help") == 0
+    assert capsys.readouterr().out.startswith("usage: ")

@@ -1,4 +1,5 @@
-"""Hypervolume curves (analysis.hypervolume) on synthetic study folders: no training."""
+"""Hypervolume curves (analysis.hypervolume; their comparisons, study.pareto) on synthetic study
+folders: no training."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pytest
 from optuna._hypervolume import compute_hypervolume  # private: only an oracle for the test
 
 from analysis.hypervolume import hypervolume_curves
-from analysis.pareto import hypervolume_2d
 from study import layout
+from study.pareto import hypervolume_2d
 from tests.conftest import run_main
 
 
@@ -94,7 +95,7 @@ def test_hypervolume_command_writes_csv_and_png_per_study(tmp_path, capsys):
 
 
 def test_curves_compare_by_trials_by_budget_and_by_trials_to_reach_a_target():
-    from analysis.hypervolume import at_budget, by_trials, trials_to_reach
+    from study.pareto import at_budget, by_trials, trials_to_reach
 
     curve = pd.DataFrame({"trials": [1, 2, 3], "epochs": [3, 5, 9], "hypervolume": [0.1, 0.3, 0.4]})
     assert by_trials(curve, 5).tolist() == pytest.approx([0.1, 0.3, 0.4, 0.4, 0.4])

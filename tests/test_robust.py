@@ -49,7 +49,7 @@ def test_the_robust_front_is_a_table_in_the_studys_wandb_group(tmp_path):
     import json
 
     from analysis.robust import log_to_wandb
-    from study.tracking import offline_runs, read_offline_run
+    from tests.wandb_reader import offline_runs, read_offline_run
 
     front = front_configs(_df())
     results = [{"of": t, "val_accuracy": 0.9, "sparsity": 0.6, "test_accuracy": 0.9}

@@ -8,18 +8,10 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from analysis.pareto import hypervolume_2d
 from study.metrics import RUNG_OBJECTIVES, STOPPED_ATTR
-from study.scheduler import (
-    MultiObjectiveASHA,
-    hypervolume_contributions,
-    nondominated_ranks,
-    promoted,
-    record_stopped,
-    rung_epochs,
-    rung_order,
-    stopped_at,
-)
+from study.optuna_bridge import record_stopped
+from study.pareto import hypervolume_2d, hypervolume_contributions, nondominated_ranks
+from study.scheduler import MultiObjectiveASHA, promoted, rung_epochs, rung_order, stopped_at
 
 
 @pytest.mark.parametrize("grace, factor, up_to, expected", [

@@ -12,9 +12,9 @@ import pytest
 
 from study import layout
 from study.config import TrialConfig
-from study.tracking import offline_runs, read_offline_run
 from study.trainable import load_state
 from tests.conftest import CLI_STUDIES, PLANTED_KEY, run_main, run_module
+from tests.wandb_reader import offline_runs, read_offline_run
 
 LENET300_WEIGHTS = 784 * 300 + 300 * 100 + 100 * 10
 
