@@ -1,14 +1,12 @@
-"""`python -m study.bench ...`: figures, printed (speed and paper comparisons are never timed tests).
+"""`python -m study.bench ...`: speed figures, printed (speed is never a timed test).
 
     python -m study.bench epoch --method beta_vae --set variant=vae      # seconds per epoch
-    python -m study.bench beta-vae-table --seeds 3 [--schedule paper]   # shneider2023 Table I
-    python -m study.bench reparam-table --rates 0.9 0.99                # dupont2021 Tables 1-2
-    python -m study.bench importance-curve --seeds 3                    # reddy Fig. 1 / Table 1
     python -m study.bench overhead beta_vae                             # harness vs bare training
     python -m study.bench throughput beta_vae --per-device 1 2 4 8      # packed trials per device
     python -m study.bench samplers reparam --samplers tpe nsga2 random --trials 64 --seeds 3
 
-Every figure comes from the trainable users run (`study.trainable.train`), outside Ray.
+Every figure comes from the trainable users run (`study.trainable.train`), outside Ray. The
+papers' tables are `python -m study.reproduce PAPER`.
 """
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,13 @@ import torch
 
 from study.data import batches, default_data_dir, load_dataset
 from study.methods import METHODS
-from study.methods.base import DataInfo
-from study.metrics import accuracy
 from study.spaces import parse_assignment
-from study.trainable import autocast_on, load_state, parse_config, phase_at, setup, train, train_epoch
-
-
-def _settings(pairs: list[str]) -> dict[str, Any]:
-    return dict(parse_assignment(p) for p in pairs)
+from study.trainable import autocast_on, phase_at, setup, train, train_epoch
 
 
 def bench_epoch(args: argparse.Namespace) -> None:
     """Training seconds per epoch (evaluation excluded); the first epoch is warm-up."""
-    config = {"method": args.method, "dataset": args.dataset, **_settings(args.set)}
+    config = {"method": args.method, "dataset": args.dataset, **dict(map(parse_assignment, args.set))}
     data = load_dataset(args.dataset, args.data_dir)
     seconds: list[float] = []
     train(config, data, lambda m, _: seconds.append(m["epoch_seconds"]))
@@ -49,248 +42,6 @@ def bench_epoch(args: argparse.Namespace) -> None:
           f"{torch.get_num_threads()} threads): {statistics.median(timed):.2f} s/epoch "
           f"(median of {len(timed)} after warm-up; all: {[round(s, 2) for s in seconds]})")
 
-
-# shneider2023 Table I, MNIST, mean and std over 3 runs: accuracy % unpruned, at 50% sparsity; kB
-PAPER_TABLE_I = {
-    "cnn": {"unpruned": (98.19, 0.2), "pruned": (97.29, 0.4), "kb": (260.28, 84.25)},
-    "vae-1": {"unpruned": (96.32, 0.5), "pruned": (90.02, 7.3), "kb": (260.89, 84.43)},
-    "vae-3": {"unpruned": (95.34, 1.7), "pruned": (92.52, 2.5), "kb": (260.78, 84.81)},
-    "vae-5": {"unpruned": (96.86, 1.0), "pruned": (96.15, 0.2), "kb": (261.37, 85.29)},
-    "vae-10": {"unpruned": (95.67, 0.6), "pruned": (95.86, 0.8), "kb": (260.43, 85.67)},
-}
-# Section III: 30 epochs, 2 once the decoder is removed, 2 of pruning at 50%; Adam 1e-3; Keras'
-# default batch of 32 (the paper gives none). On 12,000 training images: `cpu`, 6 + 2 + 2 epochs
-# (about 3 minutes a run on one core here), and `short`, 3 + 1 + 1, the root-cause runs' schedule
-# (docs/benchmarks.md).
-SCHEDULES = {
-    "paper": {"epochs": 30, "head_epochs": 2, "prune_epochs": 2, "train_subset": 0},
-    "cpu": {"epochs": 6, "head_epochs": 2, "prune_epochs": 2, "train_subset": 12000},
-    "short": {"epochs": 3, "head_epochs": 1, "prune_epochs": 1, "train_subset": 12000},
-}
-
-
-def _row_config(row: str, seed: int, schedule: str) -> dict[str, Any]:
-    variant, _, beta = row.partition("-")
-    config = {"method": "beta_vae", "dataset": "mnist", "variant": variant, "seed": seed,
-              "layer_sparsity": 0.5, "lr": 1e-3, "batch_size": 32, **SCHEDULES[schedule]}
-    if beta:
-        config["beta"] = float(beta)
-    return config
-
-
-HISTORY = ("epoch", "phase", "epoch_seconds", "val_accuracy", "vae/active_units", "vae/kl", "train/ce",
-           "train/recon", "train/kl")
-
-
-def table_row(config: dict[str, Any], data) -> dict[str, Any]:
-    """One run: test accuracy before pruning (the state after the last head epoch, evaluated on the
-    test split) and at the end (after pruning and fine-tuning), gzip sizes, the VAE's state at the
-    end of its phase (`vae/end/*`) and the per-epoch history of the diagnostics."""
-    trial, method_cfg = parse_config(config)
-    unpruned_epoch = method_cfg.epochs + method_cfg.head_epochs
-    found: dict[str, Any] = {"history": []}
-
-    def report(metrics: dict[str, Any], folder: Path) -> None:
-        found["history"].append({k: metrics[k] for k in HISTORY if k in metrics})
-        found.update({k: v for k, v in metrics.items() if k.startswith("vae/end/")
-                      and "kl_per_dim" not in k})
-        if metrics["epoch"] == unpruned_epoch:
-            method = METHODS[trial.method](method_cfg, DataInfo(
-                data.input_shape, data.num_classes, data.mean, data.std), torch.device("cpu"))
-            method.load_state_dict(load_state(folder)["method"])
-            found["test_unpruned"] = accuracy(method.inference_model(), data.test_x, data.test_y,
-                                              trial.eval_batch_size)
-            found["bytes_unpruned"] = metrics["compressed_bytes"]
-
-    t0 = time.time()
-    final = train(config, data, report)
-    return {**found, "test_pruned": final.get("test_accuracy"), "sparsity": final.get("sparsity"),
-            "bytes_pruned": final.get("compressed_bytes"), "minutes": (time.time() - t0) / 60}
-
-
-_worker_data: dict[str, Any] = {}
-
-
-def _init_worker(data_dir: str, threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # the trainable sets torch's threads from it
-    _worker_data["mnist"] = load_dataset("mnist", data_dir)
-
-
-def _run_table_row(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
-    row, seed, config = job
-    return {"row": row, "seed": seed, "config": config, **table_row(config, _worker_data["mnist"])}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def table_i_markdown(results: list[dict[str, Any]]) -> str:
-    """Per row: mean +- std over the seeds beside the paper's, and whether it is within the
-    acceptance band: the paper's mean +- max(2 paper std, 1.5 points)."""
-    lines = ["| row | seeds | test acc. % unpruned | paper | in band | pruned (50%) | paper | in band "
-             "| gzip kB unpruned -> pruned | VAE end: active units | KL nats | val acc. % |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in dict.fromkeys(r["row"] for r in results):
-        runs = [r for r in results if r["row"] == row and r.get("test_pruned") is not None]
-        if not runs:
-            lines.append(f"| {row} | 0 (diverged) | | | | | | | | | | |")
-            continue
-        paper = PAPER_TABLE_I.get(row)
-        cells = [row, str(len(runs))]
-        for key, pkey in (("test_unpruned", "unpruned"), ("test_pruned", "pruned")):
-            m, sd = _mean_std([100 * r[key] for r in runs])
-            cells.append(f"{m:.2f} +- {sd:.2f}")
-            if paper:
-                pm, psd = paper[pkey]
-                cells += [f"{pm:.2f} +- {psd:.1f}", "yes" if abs(m - pm) <= max(2 * psd, 1.5) else "**no**"]
-            else:
-                cells += ["", ""]
-        cells.append(f"{statistics.mean(r['bytes_unpruned'] for r in runs) / 1e3:.1f} -> "
-                     f"{statistics.mean(r['bytes_pruned'] for r in runs) / 1e3:.1f}")
-        for key, scale, fmt in (("vae/end/active_units", 1, "{:.1f}"), ("vae/end/kl", 1, "{:.2f}"),
-                                ("vae/end/val_accuracy", 100, "{:.1f}")):
-            values = [scale * r[key] for r in runs if key in r]
-            cells.append(fmt.format(statistics.mean(values)) if values else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def bench_beta_vae_table(args: argparse.Namespace) -> None:
-    """shneider2023 Table I on MNIST: each row and seed through the trainable, `--jobs` at once,
-    one JSON line per run (with its per-epoch history), then the table against the paper's."""
-    jobs = [(row, seed, {**_row_config(row, seed, args.schedule), **_settings(args.set)})
-            for row in args.rows for seed in range(args.seeds)]
-    for _, _, config in jobs:
-        parse_config(config)  # every bad --set fails before anything runs
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // args.jobs))
-    print(f"shneider2023 Table I, MNIST, schedule {args.schedule} ({SCHEDULES[args.schedule]}), "
-          f"{len(jobs)} runs, {args.jobs} at a time, {threads} thread(s) each", flush=True)
-    results = []
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.jobs, _init_worker, (str(args.data_dir), threads)) as pool:
-        for result in pool.imap(_run_table_row, jobs):
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    if args.out:
-        Path(args.out).write_text("\n".join(json.dumps(r) for r in results) + "\n")
-    print()
-    print(table_i_markdown(results))
-
-
-# dupont2021 Table 1 (CIFAR-10 test accuracy, %) and Table 2 (surrogate remaining fraction), Conv4
-PAPER_CONV4 = {"mag": {0.9: 54.94, 0.95: 22.91, 0.97: 13.1, 0.99: 13.07},
-               "mag_ft": {0.9: 89.50, 0.95: 87.38, 0.97: 85.57, 0.99: 76.7},
-               "reparam": {0.9: 85.57, 0.95: 84.59, 0.97: 82.6, 0.99: 16.54},
-               "reparam_before": {0.9: 85.68, 0.95: 83.04, 0.97: 84.89, 0.99: 82.68},
-               "surrogate_remaining": {0.9: 0.10, 0.95: 0.05, 0.97: 0.03, 0.99: 0.03}}
-
-
-def bench_reparam_table(args: argparse.Namespace) -> None:
-    """dupont2021 Table 1-2 on a CPU: reparam, mag, mag_ft at each rate (default: Fashion-MNIST,
-    LeNet-300-100). Test accuracy before pruning comes from the weights the method keeps from just
-    before its effective pruning (in the last checkpoint)."""
-    from study.models import build_model
-
-    data = load_dataset(args.dataset, args.data_dir)
-    out = []
-    for rate in args.rates:
-        for variant in args.variants:
-            config = {"method": "reparam", "dataset": args.dataset, "model": args.model,
-                      "variant": variant, "pruning_rate": rate, "epochs": args.epochs,
-                      "finetune_epochs": args.finetune_epochs, "seed": args.seed,
-                      **_settings(args.set)}
-            last: dict[str, Any] = {}
-
-            def report(metrics: dict[str, Any], folder: Path, last=last) -> None:
-                if "test_accuracy" in metrics:
-                    last["before"] = load_state(folder)["method"]["before"]
-
-            t0 = time.time()
-            final = train(config, data, report)
-            result = {"variant": variant, "rate": rate, "model": args.model, "dataset": args.dataset,
-                      "epochs": args.epochs,
-                      "finetune_epochs": args.finetune_epochs if variant == "mag_ft" else 0}
-            if "test_accuracy" not in final:  # diverged: the trial ended without a final test
-                print(json.dumps({**result, "diverged_at_epoch": final["epoch"]}), flush=True)
-                continue
-            model = build_model(args.model, data.input_shape, data.num_classes, data.mean, data.std)
-            model.load_state_dict(last["before"])
-            result.update({
-                "test_accuracy": final["test_accuracy"],
-                "test_accuracy_before_pruning": accuracy(model, data.test_x, data.test_y, 1024),
-                "val_accuracy": final["val_accuracy"], "sparsity": final["sparsity"],
-                "prunable_sparsity": final["prunable_sparsity"],
-                "surrogate_remaining": final.get("reparam/surrogate_remaining"),
-                "minutes": (time.time() - t0) / 60,
-                "paper_conv4_cifar10": PAPER_CONV4[variant].get(rate)})
-            print(json.dumps(result), flush=True)
-            out.append(result)
-    if args.out:
-        Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
-
-
-# reddy Table 1, MNIST, MLP 784-50-30-10: 92.17% accuracy with 68% of the neurons removed (its Fig. 1
-# and Table 1 report *training* accuracy; the curve below is test accuracy)
-PAPER_IMPORTANCE_MNIST = {"fraction": 0.68, "accuracy": 92.17}
-
-
-def bench_importance_curve(args: argparse.Namespace) -> None:
-    """reddy Fig. 1 on MNIST with the MLP 784-50-30-10: test accuracy against the fraction of
-    neurons removed, rank-based and random removal, several seeds. The fraction is measured from
-    the hidden weights' shapes in the last checkpoint, not from the method's bookkeeping."""
-    from study.models import build_model
-
-    data = load_dataset("mnist", args.data_dir)
-    dense = build_model("mlp50_30", data.input_shape, data.num_classes, data.mean, data.std).head
-    original = sum(m.out_features for m in dense if isinstance(m, torch.nn.Linear)) - data.num_classes
-    out = []
-    for fraction in args.fractions:
-        for variant in args.variants:
-            for seed in range(args.seeds):
-                config = {"method": "importance", "dataset": "mnist", "model": "mlp50_30",
-                          "variant": variant, "target_fraction": fraction, "seed": seed,
-                          **_settings(args.set)}
-                widths: list[int] = []
-                rounds: list[tuple[float, float]] = []  # val accuracy just before, just after removal
-
-                def report(metrics: dict[str, Any], folder: Path, widths=widths, rounds=rounds) -> None:
-                    if metrics.get("importance/just_pruned"):
-                        rounds.append((metrics["importance/val_accuracy_before_pruning"],
-                                       metrics["val_accuracy"]))
-                    if "test_accuracy" in metrics:
-                        weights = load_state(folder)["method"]["model"]
-                        rows = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in weights.items()
-                                      if k.startswith("head.") and k.endswith(".weight"))
-                        widths.extend(n for _, n in rows[:-1])  # hidden layers (the last: classes)
-
-                t0 = time.time()
-                final = train(config, data, report)
-                result = {"variant": variant, "seed": seed, "target_fraction": fraction,
-                          "neurons_removed": 1 - sum(widths) / original, "widths": widths,
-                          "test_accuracy": final["test_accuracy"], "val_accuracy": final["val_accuracy"],
-                          "sparsity": final["sparsity"], "params": final["params"],
-                          "flops": final["flops"], "epochs": final["epoch"],
-                          "val_drop": statistics.mean(b - a for b, a in rounds) if rounds else 0.0,
-                          "val_before_after": rounds, "minutes": (time.time() - t0) / 60}
-                print(json.dumps(result), flush=True)
-                out.append(result)
-    print(f"\n| target | variant | neurons removed | test accuracy % (mean +- std, {args.seeds} seeds) "
-          "| val accuracy drop per removal (pts) | params | epochs |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
-    for fraction in args.fractions:
-        for variant in args.variants:
-            runs = [r for r in out if r["target_fraction"] == fraction and r["variant"] == variant]
-            acc = [100 * r["test_accuracy"] for r in runs]
-            std = statistics.stdev(acc) if len(acc) > 1 else 0.0
-            print(f"| {fraction:.2f} | {variant} | {statistics.mean(r['neurons_removed'] for r in runs):.3f} "
-                  f"| {statistics.mean(acc):.2f} +- {std:.2f} "
-                  f"| {100 * statistics.mean(r['val_drop'] for r in runs):.2f} "
-                  f"| {runs[0]['params']} | {runs[0]['epochs']} |")
-    print(f"paper (reddy Table 1, training accuracy): {PAPER_IMPORTANCE_MNIST['accuracy']}% at "
-          f"{PAPER_IMPORTANCE_MNIST['fraction']:.0%} of the neurons removed")
-    if args.out:
-        Path(args.out).write_text("\n".join(json.dumps(r) for r in out) + "\n")
 
 # --- overhead: the same trials through study.search and as bare training loops -------------------
 
@@ -315,6 +66,9 @@ def bare_trial(config: dict[str, Any], data, epochs: int) -> tuple[float, float]
     return start, time.time()
 
 
+_worker_data: dict[str, Any] = {}
+
+
 def _bare_job(job: tuple[dict[str, Any], int]) -> tuple[float, float]:
     config, epochs = job
     return bare_trial(config, _worker_data[config["dataset"]], epochs)
@@ -330,7 +84,7 @@ def _timed_study(args: argparse.Namespace, name: str, storage: Path, trials: int
                  flags: list[str]) -> tuple[float, float]:
     """Run one study through study.search (the bench's method, data, seed and --set); its start
     and end (wall-clock times)."""
-    from study import search
+    from study.cli import main as prunestudy  # the search as users run it, its summary included
 
     argv = [args.method, "--name", name, "--storage-dir", str(storage), "--data-dir",
             str(args.data_dir), "--num-samples", str(trials), "--max-concurrent", str(at_once),
@@ -338,7 +92,7 @@ def _timed_study(args: argparse.Namespace, name: str, storage: Path, trials: int
     for kv in args.set:
         argv += ["--set", kv]
     t0 = time.time()
-    if search.main(argv) != 0:
+    if prunestudy(["search", *argv]) != 0:
         raise SystemExit(f"the study failed: python -m study.search {' '.join(argv)}")
     return t0, time.time()
 
@@ -447,7 +201,7 @@ def sampler_spec(spec: str) -> tuple[str, list[str]]:
     return name, [kv for kv in settings.split(",") if kv]
 
 
-def bench_samplers(args: argparse.Namespace) -> None:
+def bench_samplers(args: argparse.Namespace, study_curves: Callable[[Path], Any]) -> None:
     """Studies of the same method, one per (sampler, scheduler, seed), through study.search; per
     (sampler, scheduler): the mean +- std hypervolume after 1..N trials, the trials its mean curve
     (and each seed) needs to reach random search's (fifo) N-trial mean hypervolume, and the hypervolume each
@@ -456,9 +210,8 @@ def bench_samplers(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from analysis.hypervolume import at_budget, by_trials, hypervolume_curves, trials_to_reach
-    from analysis.results import load_study
     from study.config import ConfigError
+    from study.pareto import at_budget, by_trials, trials_to_reach
     from study.search import sampler_settings
 
     flags = {}  # each sampler spec's study.search flags, every one checked before a study runs
@@ -481,7 +234,7 @@ def bench_samplers(args: argparse.Namespace) -> None:
                     _timed_study(args, name, storage, args.trials, args.max_concurrent,
                                  [*flags[sampler], "--scheduler", scheduler,
                                   *shlex.split(args.search_flags)])
-                c = hypervolume_curves(load_study(storage / name))
+                c = study_curves(storage / name)
                 fronts = c["front"].unique()
                 if len(fronts) != 1:
                     raise SystemExit(f"study {name} has {len(fronts)} fronts; the bench compares one")
@@ -525,7 +278,9 @@ def bench_samplers(args: argparse.Namespace) -> None:
         print(f"random search (fifo) reaches {target:.4f} after {args.trials} trials (mean)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, study_curves: Callable[[Path], Any] | None = None) -> int:
+    """`study_curves(study_dir)`: a study's hypervolume curves, which `samplers` compares (handed
+    over by study.cli, the composition root: they are analysis's work)."""
     from study.search import SCHEDULERS
 
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
@@ -535,32 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--method", default="beta_vae", choices=sorted(METHODS))
     e.add_argument("--dataset", default="mnist")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    t = sub.add_parser("beta-vae-table", help="shneider2023 Table I (MNIST) beside the paper's")
-    t.add_argument("--rows", nargs="+", default=list(PAPER_TABLE_I), choices=list(PAPER_TABLE_I))
-    t.add_argument("--seeds", type=int, default=3)
-    t.add_argument("--schedule", choices=list(SCHEDULES), default="cpu",
-                   help="paper: 30 + 2 + 2 epochs on all of MNIST; cpu: 6 + 2 + 2 and short: "
-                   "3 + 1 + 1 on 12,000 images")
-    t.add_argument("--jobs", type=int, default=1, help="runs at once, the CPUs shared among them")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--out", help="also write the rows as JSON lines here")
-    r = sub.add_parser("reparam-table", help="dupont2021 Tables 1-2: reparam vs mag vs mag_ft")
-    r.add_argument("--rates", nargs="+", type=float, default=[0.9, 0.95, 0.97, 0.99])
-    r.add_argument("--variants", nargs="+", default=["reparam", "mag", "mag_ft"],
-                   choices=["reparam", "mag", "mag_ft"])
-    r.add_argument("--dataset", default="fashion_mnist")
-    r.add_argument("--model", default="lenet300")
-    r.add_argument("--epochs", type=int, default=15)
-    r.add_argument("--finetune-epochs", type=int, default=5)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    r.add_argument("--out", help="also write the rows as JSON lines here")
-    c = sub.add_parser("importance-curve", help="reddy Fig. 1: MNIST MLP accuracy vs neurons removed")
-    c.add_argument("--fractions", nargs="+", type=float, default=[0.2, 0.4, 0.6, 0.68, 0.8])
-    c.add_argument("--variants", nargs="+", default=["rank", "random"], choices=["rank", "random"])
-    c.add_argument("--seeds", type=int, default=3)
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--out", help="also write the rows as JSON lines here")
     o = sub.add_parser("overhead", help="a study through study.search vs the same trials as bare "
                        "training loops: wall times, ratio, where the time went")
     o.add_argument("method", choices=sorted(METHODS))
@@ -600,12 +329,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="more flags for study.search, quoted (e.g. '--grace-period 1')")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
-    {"epoch": bench_epoch, "beta-vae-table": bench_beta_vae_table,
-     "reparam-table": bench_reparam_table, "importance-curve": bench_importance_curve,
-     "overhead": bench_overhead, "throughput": bench_throughput,
-     "samplers": bench_samplers}[args.bench](args)
+    if args.bench == "samplers":
+        if study_curves is None:
+            raise SystemExit("bench samplers compares analysis's curves: run it as `prunestudy "
+                             "bench samplers ...` (or python -m study.bench)")
+        bench_samplers(args, study_curves)
+    else:
+        {"epoch": bench_epoch, "overhead": bench_overhead, "throughput": bench_throughput}[args.bench](args)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as `prunestudy bench`, through the composition root
+    from study.cli import main as cli_main
+
+    sys.exit(cli_main(["bench", *sys.argv[1:]]))

@@ -19,7 +19,9 @@ COMMANDS = {  # command -> (module with main(argv), what it does)
     "collapse": ("analysis.collapse", "posterior-collapse flags of beta_vae trials, by beta"),
     "export": ("analysis.export", "best configs of a study as YAML, ready for `prunestudy train`"),
     "train": ("study.train", "retrain an exported config over seeds"),
-    "bench": ("study.bench", "figures: epoch times, the papers' tables, the harness's overhead"),
+    "bench": ("study.bench", "speed figures: epoch times, the harness's overhead, packing, samplers"),
+    "reproduce": ("study.reproduce", "the papers' tables beside the papers' numbers: shneider2023, "
+                  "dupont2021, reddy"),
 }
 # command -> {keyword of its main: "module:function" it is given}
 GIVEN = {"search": {"summarize": "analysis.summary:summarize"},

@@ -4,6 +4,9 @@
 checkpoint source passed in, so `python -m study.train` and tests run exactly what a search runs.
 The trainable owns everything common: config checks, seeding, data on the device, the epoch loop,
 validation accuracy, the independent size count, per-epoch checkpoints and the final test.
+`train` is a sequence of named steps: `start` (or `restore`), then per epoch `train_pass`, the
+divergence check, `evaluate`, the degenerate rule and `checkpoint_or_report`. `restore_method`
+gives readers (study.reproduce) a trial's method from a state it saved.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +30,12 @@ from study.data import Dataset, batches, load_dataset
 from study.methods import METHODS
 from study.methods.base import Batches, DataInfo, EpochEnd, Method
 from study.metrics import accuracy, near_chance
+from study.outcome import DEGENERATE_KEY, DEGENERATE_REASON_KEY, DIVERGED_KEY, FINAL_KEY
 from study.sparsity import DenseReference, size_metrics
 
 STATE_FILE = "state.pt"
 # (metrics, folder holding this epoch's state, or None when there is no state worth keeping)
 Report = Callable[[dict[str, Any], Path | None], None]
-# Tests only: "nan@E" makes epoch E's loss NaN; "raise@E@MARKER" raises at epoch E once (while the
-# file MARKER does not exist), so retries and resumes can be tested on real processes.
-FAULT_ENV = "PRUNESTUDY_INJECT_FAULT"
-
-
-def _inject_fault(epoch: int, terms: dict[str, float]) -> None:
-    kind, _, rest = os.environ.get(FAULT_ENV, "").partition("@")
-    at, _, marker = rest.partition("@")
-    if not kind or int(at) != epoch:
-        return
-    if kind == "nan":
-        terms["loss"] = float("nan")
-    elif kind == "raise" and marker and not os.path.exists(marker):
-        Path(marker).touch()
-        raise RuntimeError(f"injected fault at epoch {epoch}")
 
 
 def parse_config(config: dict[str, Any]) -> tuple[TrialConfig, Any]:
@@ -165,9 +155,19 @@ def to_channels_last(method: Method) -> None:
     """The method's networks with convolution weights in channels_last (NHWC), the layout CUDA's
     tensor-core convolutions run fastest in; batches on CUDA come in it too (`data.batches`). The
     parameters stay the same objects, so the method's optimizer still holds them."""
-    for value in vars(method).values():
-        if isinstance(value, torch.nn.Module):
-            value.to(memory_format=torch.channels_last)
+    for network in method.networks().values():
+        network.to(memory_format=torch.channels_last)
+
+
+def _build_method(trial: TrialConfig, method_cfg: Any, data: Dataset, device: torch.device) -> Method:
+    """The trial's method on `device`, for `data` (its labels and statistics), its initial weights
+    drawn from the trial's seed."""
+    seed_everything(trial.seed)
+    info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
+    method = METHODS[trial.method](method_cfg, info, device)
+    if device.type == "cuda":
+        to_channels_last(method)
+    return method
 
 
 def setup(config: dict[str, Any], data: Dataset | None, data_dir: str | None = None
@@ -180,15 +180,179 @@ def setup(config: dict[str, Any], data: Dataset | None, data_dir: str | None = N
     if data is None:
         data = load_dataset(trial.dataset, data_dir)
     data = data.with_label(trial.label_factor).subset_train(trial.train_subset).to(device)
-    seed_everything(trial.seed)
-    info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
-    method = METHODS[trial.method](method_cfg, info, device)
-    if device.type == "cuda":
-        to_channels_last(method)
+    method = _build_method(trial, method_cfg, data, device)
     schedule = [(p, n) for p, n in method.schedule() if n > 0]
     if not schedule:
         raise ConfigError(f"method {trial.method} has no epoch to run: its schedule is {method.schedule()}")
     return trial, data, method, schedule
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    """Python's, NumPy's and torch's global random states put back on exit, so that a block that
+    seeds them (building a method) changes no draw of whatever runs around it."""
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+
+
+def restore_method(config: dict[str, Any], state: dict[str, Any] | str | Path, data: Dataset) -> Method:
+    """The method of the trial `config`, built as `setup` builds it, on the device `data` is on,
+    with a state `train` saved (the state, or the folder holding it) loaded by the method's own
+    `load_state_dict`. Readers ask a trial's method what it kept through its public methods, never
+    through a checkpoint's keys. The caller's random draws are left as they were."""
+    if not isinstance(state, dict):
+        state = load_state(state)
+    trial, method_cfg = parse_config(config)
+    with _random_state_kept():
+        method = _build_method(trial, method_cfg, data.with_label(trial.label_factor), data.train_x.device)
+    method.load_state_dict(state["method"])
+    return method
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """Where one epoch sits in a trial's schedule."""
+    number: int  # 1-based, as reported
+    phase: str
+    first: bool  # the phase's first epoch
+    phase_end: bool  # the phase's last epoch
+    last: bool  # the trial's last epoch
+
+
+@dataclass
+class Run:
+    """What a trial's epochs share, from `start`."""
+    config: dict[str, Any]  # as given (saved with each checkpoint)
+    trial: TrialConfig
+    data: Dataset  # on the trial's device
+    method: Method
+    schedule: list[tuple[str, int]]  # its non-empty phases
+    dense: DenseReference  # the dense architecture every size is counted against
+    rungs: set[int]  # epochs that also report the rung objectives (--scheduler mo-asha)
+    batch_rng: torch.Generator  # draws the batches' order, apart from the global generators
+    autocast: contextlib.AbstractContextManager
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.schedule)
+
+    def epoch(self, index: int) -> Epoch:
+        """The epoch at 0-based `index`."""
+        phase, first = phase_at(self.schedule, index)
+        last = index == self.total - 1
+        return Epoch(index + 1, phase, first, last or phase_at(self.schedule, index + 1)[1], last)
+
+
+def start(config: dict[str, Any], data: Dataset | None, data_dir: str | None = None) -> Run:
+    """A trial at its start: `setup`, the dense reference measured on the initial network, the
+    rung epochs and the batch generator seeded with the trial's seed."""
+    trial, data, method, schedule = setup(config, data, data_dir)
+    dense = DenseReference.of(method.inference_model(), data.input_shape)
+    rungs: set[int] = set()
+    if trial.rung_epochs:  # study.scheduler imports Ray: only trials with rungs load it
+        from study.scheduler import parse_rung_epochs
+
+        rungs = set(parse_rung_epochs(trial.rung_epochs))
+    return Run(config, trial, data, method, schedule, dense, rungs,
+               torch.Generator().manual_seed(trial.seed), autocast_on(data.train_x.device))
+
+
+def restore(run: Run, state: dict[str, Any]) -> tuple[int, int]:
+    """`run` as it was when `state` was saved: the method, the dense reference and every random
+    generator; returns (epochs done, consecutive epochs at chance accuracy up to then)."""
+    run.method.load_state_dict(state["method"])
+    run.dense = DenseReference(**state["dense"])
+    _set_rng_state(state["rng"], run.batch_rng)
+    return state["epoch"], state.get("at_chance", 0)
+
+
+def train_pass(run: Run, epoch: Epoch) -> tuple[dict[str, float], float]:
+    """The epoch's training pass and the method's work after it (e.g. pruning): the averaged loss
+    terms with the method's metrics, and the seconds both took (`epoch_seconds`)."""
+    t0 = time.perf_counter()
+    with run.autocast:
+        terms = train_epoch(run.method, epoch.phase, epoch.first, batches(
+            run.data.train_x, run.data.train_y, run.trial.batch_size, run.batch_rng))
+        terms.update(run.method.end_pass(epoch.phase, epoch.last, dict(terms)))
+    return terms, time.perf_counter() - t0
+
+
+def diverged_report(epoch: Epoch, terms: dict[str, float]) -> dict[str, Any]:
+    """The last report of a trial whose loss became NaN/inf: its metrics so far and no objectives,
+    so Optuna records the trial as pruned, not as a point (no retry could help)."""
+    return {"epoch": epoch.number, "phase": epoch.phase, DIVERGED_KEY: 1, "loss": terms["loss"]}
+
+
+def evaluate(run: Run, epoch: Epoch) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """The epoch's measures of the inference network, in report order: validation accuracy, size,
+    rung objectives and the method's diagnostics (which get the validation accuracy); the test
+    accuracy, on the last epoch only (measured once, only reported, never optimized); the seconds
+    each kind took."""
+    watch = Stopwatch()
+    data, trial, method = run.data, run.trial, run.method
+    test: dict[str, float] = {}
+    with run.autocast:
+        model = method.inference_model()
+        with watch("eval_seconds"):
+            val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
+        end = EpochEnd(epoch.phase, epoch.phase_end, val_accuracy, data.val_x, data.val_y,
+                       data.val_factors, trial.eval_batch_size)
+        with watch("size_seconds"):
+            size = size_metrics(model, run.dense, data.input_shape)
+        rung = {}
+        if epoch.number in run.rungs and not epoch.last:  # the last epoch reports the final state itself
+            from study.scheduler import rung_objectives
+
+            with watch("rung_seconds"):
+                rung = rung_objectives(method, run.dense, data.val_x, data.val_y,
+                                       trial.eval_batch_size, (val_accuracy, size["sparsity"]))
+        with watch("diagnostics_seconds"):
+            diagnostics = method.end_epoch(end)
+        if epoch.last:
+            with watch("eval_seconds"):
+                test[FINAL_KEY] = accuracy(model, data.test_x, data.test_y, trial.eval_batch_size)
+    validation = {"val_accuracy": val_accuracy, "num_classes": data.num_classes, **size, **rung,
+                  **diagnostics}
+    return validation, test, watch.seconds
+
+
+def degenerate_reason(trial: TrialConfig, epoch: Epoch, metrics: dict[str, Any], at_chance: int
+                      ) -> str | None:
+    """Why the trial ends early after this epoch as degenerate, or None: never on its last epoch
+    or with `degenerate_epochs` = 0; a dead network, or `at_chance` consecutive epochs at chance
+    accuracy reaching `degenerate_epochs`."""
+    if epoch.last or not trial.degenerate_epochs:
+        return None
+    if metrics.get("dead_network"):
+        return "dead network"
+    if at_chance >= trial.degenerate_epochs:
+        return f"val_accuracy at chance for {at_chance} epochs"
+    return None
+
+
+def checkpoint_or_report(run: Run, epoch: Epoch, metrics: dict[str, Any], at_chance: int,
+                         report: Report, checkpoint: bool) -> dict[str, float]:
+    """Report `metrics`, with the trial's state when `checkpoint` (everything `restore` needs to
+    go on after this epoch); returns the seconds saving and reporting took."""
+    watch = Stopwatch()
+    if checkpoint:
+        state = {"epoch": epoch.number, "method": run.method.state_dict(),
+                 "rng": _rng_state(run.batch_rng), "dense": vars(run.dense),
+                 "config": dict(run.config), "metrics": metrics, "at_chance": at_chance}
+        with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
+            with watch("save_seconds"):
+                torch.save(state, Path(d) / STATE_FILE)
+            with watch("report_seconds"):  # Ray persists the checkpoint in report
+                report(metrics, Path(d))
+    else:
+        with watch("report_seconds"):
+            report(metrics, None)
+    return watch.seconds
 
 
 def train(config: dict[str, Any], data: Dataset | None, report: Report,
@@ -204,93 +368,36 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     accuracy): its validation accuracy stayed within `chance_margin` of chance for
     `degenerate_epochs` consecutive epochs from the second on, or its method reported
     `dead_network` (`degenerate_epochs` = 0: never). The last epoch is never cut short."""
-    trial, data, method, schedule = setup(config, data, data_dir)
-    total = sum(n for _, n in schedule)
-    dense = DenseReference.of(method.inference_model(), data.input_shape)
-    rungs: set[int] = set()  # epochs that also report the rung objectives (--scheduler mo-asha)
-    if trial.rung_epochs:
-        from study.scheduler import parse_rung_epochs, rung_objectives
-
-        rungs = set(parse_rung_epochs(trial.rung_epochs))
-    batch_rng = torch.Generator().manual_seed(trial.seed)
-    start, at_chance = 0, 0  # at_chance: consecutive epochs at chance accuracy, up to now
+    run = start(config, data, data_dir)
+    done, at_chance = 0, 0  # epochs done; consecutive epochs at chance accuracy, up to now
     if resume is not None:
-        method.load_state_dict(resume["method"])
-        dense = DenseReference(**resume["dense"])
-        _set_rng_state(resume["rng"], batch_rng)
-        start, at_chance = resume["epoch"], resume.get("at_chance", 0)
-    autocast = autocast_on(data.train_x.device)
-    metrics: dict[str, Any] = {}
+        done, at_chance = restore(run, resume)
+        if done >= run.total or DEGENERATE_KEY in resume["metrics"]:
+            # resumed from the final checkpoint (the trial ended after Ray's last snapshot): nothing
+            # to train or report again; Ray ends it with that checkpoint's metrics
+            return resume["metrics"]
     previous: dict[str, float] = {}  # seconds to checkpoint and report the previous epoch
     checkpointed = time.perf_counter()  # when the last checkpoint was taken (or the trial began)
-    if start >= total or (resume and "degenerate" in resume["metrics"]):
-        # resumed from the final checkpoint (the trial ended after Ray's last snapshot): nothing
-        # to train or report again; Ray ends it with that checkpoint's metrics
-        return resume["metrics"]
-    for epoch in range(start, total):
-        phase, first = phase_at(schedule, epoch)
-        last = epoch == total - 1
-        t0 = time.perf_counter()
-        with autocast:
-            terms = train_epoch(method, phase, first, batches(data.train_x, data.train_y,
-                                                              trial.batch_size, batch_rng))
-            terms.update(method.end_pass(phase, last, dict(terms)))
-        seconds = time.perf_counter() - t0
-        _inject_fault(epoch + 1, terms)
+    for index in range(done, run.total):
+        epoch = run.epoch(index)
+        terms, seconds = train_pass(run, epoch)
         if not math.isfinite(terms["loss"]):
-            # Diverged: end the trial (no retry could help) with its metrics so far. The last
-            # report has no objectives, so Optuna records the trial as pruned, not as a point.
-            metrics = {"epoch": epoch + 1, "phase": phase, "diverged": 1, "loss": terms["loss"]}
+            metrics = diverged_report(epoch, terms)
             report(metrics, None)
             return metrics
-        watch = Stopwatch()
-        with autocast:
-            model = method.inference_model()
-            with watch("eval_seconds"):
-                val_accuracy = accuracy(model, data.val_x, data.val_y, trial.eval_batch_size)
-            end = EpochEnd(phase, last or phase_at(schedule, epoch + 1)[1], val_accuracy,
-                           data.val_x, data.val_y, data.val_factors, trial.eval_batch_size)
-            with watch("size_seconds"):
-                size = size_metrics(model, dense, data.input_shape)
-            rung = {}
-            if epoch + 1 in rungs and not last:  # the last epoch reports the final state itself
-                with watch("rung_seconds"):
-                    rung = rung_objectives(method, dense, data.val_x, data.val_y,
-                                           trial.eval_batch_size, (val_accuracy, size["sparsity"]))
-            with watch("diagnostics_seconds"):
-                diagnostics = method.end_epoch(end)
-            if last:  # measured once, at the end; only reported, never optimized
-                with watch("eval_seconds"):
-                    test_accuracy = accuracy(model, data.test_x, data.test_y, trial.eval_batch_size)
-        metrics = {"epoch": epoch + 1, "total_epochs": total, "phase": phase,
-                   "epoch_seconds": seconds, **terms, "val_accuracy": val_accuracy,
-                   "num_classes": data.num_classes, **size, **rung, **diagnostics, **watch.seconds,
-                   **previous}
-        if last:
-            metrics["test_accuracy"] = test_accuracy
-        at_chance = at_chance + 1 if epoch > 0 and near_chance(
-            val_accuracy, data.num_classes, trial.chance_margin) else 0
-        degenerate = None if last or not trial.degenerate_epochs else (
-            "dead network" if metrics.get("dead_network") else
-            f"val_accuracy at chance for {at_chance} epochs"
-            if at_chance >= trial.degenerate_epochs else None)
+        validation, test, timings = evaluate(run, epoch)
+        metrics = {"epoch": epoch.number, "total_epochs": run.total, "phase": epoch.phase,
+                   "epoch_seconds": seconds, **terms, **validation, **timings, **previous, **test}
+        at_chance = at_chance + 1 if index > 0 and near_chance(
+            metrics["val_accuracy"], run.data.num_classes, run.trial.chance_margin) else 0
+        degenerate = degenerate_reason(run.trial, epoch, metrics, at_chance)
         if degenerate:  # end early, as diverged trials do, but with the metrics of this epoch
-            metrics.update(degenerate=1, degenerate_reason=degenerate)
-        watch = Stopwatch()
-        if last or degenerate or time.perf_counter() - checkpointed >= checkpoint_every:
-            state = {"epoch": epoch + 1, "method": method.state_dict(), "rng": _rng_state(batch_rng),
-                     "dense": vars(dense), "config": dict(config), "metrics": metrics,
-                     "at_chance": at_chance}
-            with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
-                with watch("save_seconds"):
-                    torch.save(state, Path(d) / STATE_FILE)
-                with watch("report_seconds"):  # Ray persists the checkpoint in report
-                    report(metrics, Path(d))
+            metrics.update({DEGENERATE_KEY: 1, DEGENERATE_REASON_KEY: degenerate})
+        checkpoint = bool(epoch.last or degenerate
+                          or time.perf_counter() - checkpointed >= checkpoint_every)
+        previous = checkpoint_or_report(run, epoch, metrics, at_chance, report, checkpoint)
+        if checkpoint:
             checkpointed = time.perf_counter()
-        else:
-            with watch("report_seconds"):
-                report(metrics, None)
-        previous = watch.seconds  # shown with the next epoch's metrics
         if degenerate:
             return metrics
     return metrics

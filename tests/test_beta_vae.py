@@ -213,7 +213,7 @@ def test_a_dsprites_trial_reports_mig_once_at_the_end_of_its_vae_phase(dsprites)
 
 
 def test_table_i_marks_rows_outside_the_papers_band():
-    from study.bench import table_i_markdown
+    from study.reproduce.shneider2023 import table_i_markdown
 
     def run(unpruned, pruned):
         return {"row": "vae-5", "test_unpruned": unpruned, "test_pruned": pruned, "bytes_unpruned": 260e3,

@@ -4,8 +4,9 @@
 The two fault studies run in the background (tests/conftest.py) while the in-process tests run:
 "killed" (two kill-and-resume cycles; its first trial raises once and is retried) and "window" (a
 snapshot naming a deleted checkpoint, resumed twice; then, finished, it grows by two trials whose
-loss turns NaN). Each driver gets its own fault through its environment (study.trainable.FAULT_ENV,
-read by the trials of that driver only)."""
+loss turns NaN). Each driver gets its own fault through its environment (tests.faults.fault_env:
+tests/faults/sitecustomize.py, on the PYTHONPATH of that driver and of the Ray workers it starts,
+patches the trainable's training pass in those processes only)."""
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ import optuna
 import pytest
 
 from study import layout
-from study.trainable import FAULT_ENV
 from tests.conftest import ROOT, StudyContext, background_study, ray_pids, run_main
+from tests.faults import FAULT_ENV, fault_env
 
 # the CNN baseline, 4 epochs, never ended early at chance accuracy (every trial must finish), a
 # checkpoint after each epoch (the scenarios below count on it)
@@ -84,6 +85,22 @@ def _kill_group(ctx: StudyContext, proc: subprocess.Popen, ray_dir: Path, study_
     return lost
 
 
+# --- the faults: injected in real processes -----------------------------------------------------
+
+def test_the_fault_environment_patches_the_training_pass_in_new_processes_only():
+    """With a fault set, tests/faults/sitecustomize.py (on PYTHONPATH) wraps
+    study.trainable.train_pass in every new Python process, as Ray starts its workers; without
+    one, the trainable is left as it is."""
+    probe = "import study.trainable as t; print(t.train_pass.__qualname__)"
+
+    def train_pass_in_a_new_process(env: dict[str, str]) -> str:
+        return subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert train_pass_in_a_new_process(fault_env("nan@2")) == "patch.<locals>.faulty_train_pass"
+    assert train_pass_in_a_new_process({**fault_env("nan@2"), FAULT_ENV: ""}) == "train_pass"
+
+
 # --- a killed driver; a trial that raises once ---------------------------------------------------
 
 @background_study("killed", cost=120)
@@ -96,7 +113,7 @@ def _killed_study(ctx: StudyContext) -> dict:
     proc = ctx.popen("study.search", "beta_vae", "--name", name, "--storage-dir", str(ctx.folder),
                      "--num-samples", "3", "--max-concurrent", "1", "--sampler", "random",
                      "--data-dir", str(ctx.data_dir), *FAST,
-                     env={**env, FAULT_ENV: f"raise@3@{marker}"}, output=False)
+                     env={**env, **fault_env(f"raise@3@{marker}")}, output=False)
 
     def trial_done_and_next_checkpointed() -> bool:
         epochs = [_epochs(d) for d in _trial_dirs(study_dir)]
@@ -175,7 +192,7 @@ def _window_study(ctx: StudyContext) -> dict:
     storage = ["--storage-dir", str(ctx.folder), "--data-dir", str(ctx.data_dir)]
     env = {"RAY_TMPDIR": str(ray_dir)}
     first = ctx.run("study.search", "beta_vae", "--name", "window", "--num-samples", "1",
-                    "--max-failures", "0", *storage, *FAST, env={**env, FAULT_ENV: f"raise@3@{marker}"})
+                    "--max-failures", "0", *storage, *FAST, env={**env, **fault_env(f"raise@3@{marker}")})
     assert first.returncode == 0, first.stderr[-3000:]
     study_dir = ctx.folder / "window"
     (trial_dir,) = _trial_dirs(study_dir)
@@ -207,7 +224,7 @@ def _window_study(ctx: StudyContext) -> dict:
 
     # finished, it grows by two trials; their loss turns NaN at epoch 2
     out["grown"] = ctx.run("study.search", "beta_vae", "--resume", "window", "--num-samples", "3",
-                           *storage, env={**env, FAULT_ENV: "nan@2"})
+                           *storage, env={**env, **fault_env("nan@2")})
     return out
 
 
