@@ -10,6 +10,7 @@ checkpoints load with `restore_mask_buffers` first.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -96,12 +97,39 @@ def zero_weights(model: nn.Module, masks: Masks) -> float:
     return largest
 
 
+@torch.no_grad()
+def update_masks(model: nn.Module, masks: Masks) -> None:
+    """Narrow the held masks of a masked model in place (keep = held keep AND new keep): pruned
+    weights stay pruned. In place, because custom_from_mask again would stack every earlier mask in
+    a PruningContainer, growing memory with each update."""
+    modules = prunable_modules(model)
+    for name, keep in masks.items():
+        modules[name].weight_mask.mul_(keep)
+
+
 def make_permanent(model: nn.Module) -> None:
     """Turn every held mask into zeros of a plain weight (torch.nn.utils.prune.remove): the layer's
-    state is a `weight` again."""
+    state is a `weight` again, first among its parameters as in a layer never masked (prune.remove
+    registers it after `bias`, and the order changes the saved bytes: `compressed_bytes`)."""
     for module in prunable_modules(model).values():
         if hasattr(module, "weight_mask"):
             prune.remove(module, "weight")
+            params = module._parameters
+            for key in [k for k in params if k != "weight"]:
+                params[key] = params.pop(key)
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """A deep copy of a model whose masks may be held. torch.nn.utils.prune keeps a masked layer's
+    `weight` as the product computed at its last forward, with its graph, which deepcopy refuses;
+    the copy's is recomputed from its own weight_orig and weight_mask."""
+    masked = [m for m in prunable_modules(model).values() if hasattr(m, "weight_mask")]
+    out = copy.deepcopy(model, {id(m.weight): None for m in masked})
+    with torch.no_grad():
+        for m in prunable_modules(out).values():
+            if hasattr(m, "weight_mask"):
+                m.weight = m.weight_orig * m.weight_mask
+    return out
 
 
 def restore_mask_buffers(model: nn.Module) -> None:

@@ -54,6 +54,11 @@ TINY = {
     "importance": {"method": "importance", "dataset": "mnist", "train_subset": 128, "batch_size": 64,
                    "warmup_epochs": 1, "prune_fraction": 0.3, "target_fraction": 0.5,
                    "recovery_epochs": 1},
+    # gradual: 1 dense epoch (4 steps), a 2-epoch window (masks at steps 0, 3, 6, then s_f at its
+    # end), 1 fine-tuning epoch
+    "magnitude": {"method": "magnitude", "dataset": "mnist", "model": "lenet300", "train_subset": 256,
+                  "batch_size": 64, "epochs": 4, "finetune_epochs": 1, "schedule": "gradual",
+                  "prune_every": 3, "target_sparsity": 0.9},
 }
 
 
@@ -159,6 +164,18 @@ RESUMES = [
     pytest.param("importance", {"variant": "random"}, 2, {"importance/neurons/head.0": 35},
                  id="importance-random-removal"),
     pytest.param("importance", {}, 3, {"importance/neurons/head.0": 35}, id="importance-rank-recovered"),
+    # before the window: the steps per epoch counted, no masks yet
+    pytest.param("magnitude", {}, 1, {"phase": "train"}, id="magnitude-gradual-before-window"),
+    # mid-window: masks, step counter and schedule restored; random: its fixed order too
+    pytest.param("magnitude", {}, 2, {"phase": "prune"}, id="magnitude-gradual-mid-window"),
+    pytest.param("magnitude", {"criterion": "random"}, 2, {"phase": "prune"},
+                 id="magnitude-gradual-random-mid-window"),
+    # mid-fine-tuning: masks at the target, held
+    pytest.param("magnitude", {"epochs": 5, "finetune_epochs": 2}, 4, {"phase": "finetune"},
+                 id="magnitude-gradual-mid-fine-tuning"),
+    # oneshot: pruned at the end of the train phase, fine-tuned after the resume
+    pytest.param("magnitude", {"schedule": "oneshot", "criterion": "random", "scope": "layer"}, 3,
+                 {"phase": "train", "magnitude/target_sparsity_now": 0.9}, id="magnitude-oneshot-pruned"),
 ]
 
 
@@ -254,6 +271,18 @@ _BAD = [(method, "bogus", 1, "unknown setting 'bogus'") for method in sorted(TIN
     ("importance", "prune_fraction", 0.0, "'prune_fraction' must be"),
     ("importance", "variant", "magnitude", "'variant' must be"),
     ("importance", "model", "gpt", "'model' must be"),
+    ("magnitude", "criterion", "snip", "'criterion' must be one of"),
+    ("magnitude", "scope", "net", "'scope' must be one of"),
+    ("magnitude", "schedule", "cyclic", "'schedule' must be one of"),
+    ("magnitude", "target_sparsity", 1.0, "'target_sparsity' must be in"),
+    ("magnitude", "prune_every", 0, "'prune_every' must be in"),
+    ("magnitude", "model", "alexnet", "'model' must be one of"),
+    ("magnitude", "optimizer", "rmsprop", "'optimizer' must be one of"),
+    ("magnitude", "finetune_epochs", 4, "'finetune_epochs' = 4 must be < 'epochs' = 4"),
+    ("magnitude", "prune_start_epoch", 0, "'prune_start_epoch' = 0 must be in [1, epochs - "
+     "finetune_epochs = 3)"),
+    ("magnitude", "prune_start_epoch", 3, "'prune_start_epoch' = 3 must be in"),
+    ("magnitude", "initial_sparsity", 0.95, "'initial_sparsity' = 0.95 must be <= 'target_sparsity'"),
 ]
 BAD_SETTINGS = [pytest.param(m, {k: v}, message, id=f"{m}-{k}") for m, k, v, message in _BAD]
 
@@ -275,7 +304,8 @@ def test_an_unknown_method_is_a_one_line_error():
 # settings that leave no epoch: refused before anything runs (reparam needs at least one epoch)
 NO_EPOCHS = {"beta_vae": ({"epochs": 0, "head_epochs": 0, "prune_epochs": 0}, "no epoch to run"),
              "reparam": ({"epochs": 0}, "'epochs' must be in"),
-             "importance": ({"warmup_epochs": 0, "target_fraction": 0.0}, "no epoch to run")}
+             "importance": ({"warmup_epochs": 0, "target_fraction": 0.0}, "no epoch to run"),
+             "magnitude": ({"epochs": 0}, "'epochs' must be in")}
 
 
 @pytest.mark.parametrize("method", sorted(NO_EPOCHS))
@@ -304,11 +334,11 @@ def test_a_checkpoint_interval_keeps_the_state_only_when_due_and_always_at_the_e
 def test_channels_last_keeps_the_optimizers_parameters_and_the_outputs(method, mnist_small):
     """On CUDA the trainable puts every method's networks in channels_last; the conversion must
     leave the optimizer holding the very parameters it steps, and the network's function unchanged
-    (conv models: a beta_vae encoder, and Conv4 for reparam)."""
+    (conv models: a beta_vae encoder, and Conv4 for the methods whose tiny trial is an MLP)."""
     from study.data import batches
     from study.trainable import setup, to_channels_last
 
-    overrides = {"model": "conv4"} if method == "reparam" else {}
+    overrides = {"model": "conv4"} if method in ("reparam", "magnitude") else {}
     _, data, m, _ = setup(tiny(method, **overrides), mnist_small)
     held = [id(p) for group in m.optimizer.param_groups for p in group["params"]]
     x = next(batches(data.val_x, data.val_y, 16))[0]

@@ -25,6 +25,18 @@ def _reparam_run(run: dict, history: list[dict]) -> None:
         round(rate * LENET300_WEIGHTS) / LENET300_WEIGHTS, abs=1e-9)
 
 
+LENET300_LAYERS = (784 * 300, 300 * 100, 100 * 10)
+
+
+def _magnitude_run(run: dict, history: list[dict]) -> None:
+    rate, scope = run["config"]["target_sparsity"], run["config"]["scope"]
+    # pruned exactly to the searched sparsity by the end of its window, counted from the tensors
+    dropped = (round(rate * LENET300_WEIGHTS) if scope == "global"
+               else sum(round(rate * n) for n in LENET300_LAYERS))
+    assert history[-1]["prunable_sparsity"] == pytest.approx(dropped / LENET300_WEIGHTS, abs=1e-9)
+    assert history[0]["prunable_sparsity"] == 0  # the dense epoch before the gradual window
+
+
 def _importance_run(run: dict, history: list[dict]) -> None:
     assert history[-1]["sparsity"] > 0  # neurons removed (the objective Optuna holds, below)
     assert [h["importance/neurons/head.0"] for h in history] == [50, 25]
@@ -57,6 +69,14 @@ EXPECT = {
         "config": {"recovery_epochs": 0}, "epochs": [1, 2], "first_keys": set(), "every_keys": set(),
         "run": _importance_run,
         "final_state": lambda state: state["method"]["widths"] == {"head.0": 25, "head.2": 15},
+    },
+    "magnitude": {
+        "searched": {"scope", "target_sparsity", "lr"}, "exactly": True, "fixed": {"schedule"},
+        "config": {"schedule": "gradual", "epochs": 3}, "epochs": [1, 2, 3], "first_keys": set(),
+        "every_keys": {"magnitude/target_sparsity_now", "magnitude/kept/head.0", "val_accuracy",
+                       "sparsity"},
+        "run": _magnitude_run,
+        "final_state": lambda state: state["method"]["stage"] == "final",
     },
 }
 

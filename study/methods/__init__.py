@@ -14,6 +14,7 @@ from study.config import TrialConfig
 from study.methods.base import Method
 from study.methods.beta_vae import BetaVAE
 from study.methods.importance import Importance
+from study.methods.magnitude import Magnitude
 from study.methods.reparam import Reparam
 from study.metrics import VOCABULARY
 
@@ -85,3 +86,4 @@ def metric_prefixes() -> tuple[str, ...]:
 register(BetaVAE, "beta_vae")
 register(Importance, "importance")
 register(Reparam, "reparam")
+register(Magnitude, "magnitude")
