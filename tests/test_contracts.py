@@ -420,6 +420,7 @@ class _Minimal:
     Config = _MinimalConfig
     metric_prefix = "minimal/"
     architecture = "model"
+    variant_settings = ()
 
     def schedule(self): ...
     def begin_epoch(self, phase, first): ...
@@ -463,6 +464,10 @@ MALFORMED = [
     pytest.param(type("M", (_Minimal,), {"architecture": "width"}),
                  "`architecture` = 'width' names no setting of its Config; add", id="architecture"),
     pytest.param(_without("architecture"), "`architecture` = None names no setting", id="no-architecture"),
+    pytest.param(type("M", (_Minimal,), {"variant_settings": ("criterion",)}),
+                 "`variant_settings` = ('criterion',) must be a tuple of settings", id="variant"),
+    pytest.param(type("M", (_Minimal,), {"variant_settings": ("model",)}),
+                 "other than its architecture", id="variant-is-the-architecture"),
     pytest.param(type("M", (_Minimal,), {"metric_prefix": "minimal"}),
                  "metric_prefix must end with '/' and be unique", id="prefix-without-slash"),
     pytest.param(type("M", (_Minimal,), {"metric_prefix": "vae/"}),

@@ -3,7 +3,7 @@
 `register` checks a method's declaration when the package is imported, so a method that leaves
 something out fails there, with a message saying what to add, not in the middle of a study. What
 the harness derives from the declaration: the metric prefixes `--constraint` accepts
-(`metric_prefixes`), the setting fronts are grouped by (`architecture`), the networks laid out on
+(`metric_prefixes`), the settings fronts are grouped by (`architecture`, `variant_settings`), the networks laid out on
 the device (`networks()`) and MO-ASHA's rung probe (`probe_model()`).
 """
 from __future__ import annotations
@@ -63,6 +63,12 @@ def register(cls: type, name: str) -> type:
         raise TypeError(f"{where}: `architecture` = {architecture!r} names no setting of its Config; "
                         "add `architecture = 'NAME'`, NAME the setting whose value names its network "
                         f"(fronts are grouped by it), one of {sorted(settings)}")
+    variants = getattr(cls, "variant_settings", None)
+    if not isinstance(variants, tuple) or any(v not in settings or v == architecture for v in variants):
+        raise TypeError(f"{where}: `variant_settings` = {variants!r} must be a tuple of settings of "
+                        "its Config other than its architecture, those whose values make another "
+                        "procedure (fronts hold one value of each; () when none), from "
+                        f"{sorted(settings)}")
     prefix = getattr(cls, "metric_prefix", None)
     taken = [*metric_prefixes(), *TRAINABLE_PREFIXES]
     # unique: no prefix may start another's either ('vae/end/' would read as beta_vae's)

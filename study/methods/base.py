@@ -48,12 +48,16 @@ class Method(Protocol):
     `state_dict`/`load_state_dict` cover everything needed to continue after any epoch.
 
     The declaration (checked by study.methods.register) is all the harness needs beyond these:
-    `Config`, `metric_prefix` (the `--constraint` vocabulary), `architecture` (what its fronts are
-    grouped by), `networks()` (device layout) and `probe_model()` (MO-ASHA's rungs).
+    `Config`, `metric_prefix` (the `--constraint` vocabulary), `architecture` and
+    `variant_settings` (what its fronts are grouped by), `networks()` (device layout) and
+    `probe_model()` (MO-ASHA's rungs).
     """
     Config: type  # a frozen dataclass of settings (study.config.setting), defaults from the paper
     metric_prefix: str  # its diagnostics are reported under it, e.g. "vae/" (ends with "/", unique)
     architecture: str  # the Config setting naming its network, e.g. "model"; fronts group by its value
+    # the Config settings whose values make a different procedure, not a point of the same one (a
+    # baseline variant, a criterion): a front holds one value of each, e.g. ("variant",)
+    variant_settings: tuple[str, ...]
     optimizer: torch.optim.Optimizer  # what the trainable steps; a method may replace it
 
     def __init__(self, config: Any, data: DataInfo, device: torch.device) -> None: ...

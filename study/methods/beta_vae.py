@@ -33,6 +33,10 @@ RECON_SAMPLES = 2000
 
 @dataclass(frozen=True)
 class BetaVAEConfig:
+    model: str = setting("bvae_cnn", "architecture of the inference network: shneider2023's "
+                         "encoder (2 convs, a dense layer) -> posterior mean -> head; the VAE "
+                         "variant trains it with a decoder beside, the cnn variant without",
+                         choices=("bvae_cnn",))
     variant: str = setting("vae", "vae: Beta-VAE-Classif; cnn: the CNN-Classif baseline",
                            choices=("vae", "cnn"))
     beta: float = setting(1.0, "weight of the KL term (Eq. 1); the paper tries 1, 3, 5, 10", low=0.0)
@@ -112,7 +116,8 @@ def mutual_information_gap(latents: np.ndarray, factors: np.ndarray, bins: int =
 class BetaVAE:
     Config = BetaVAEConfig
     metric_prefix = "vae/"
-    architecture = "variant"  # the vae and the cnn baseline are different networks
+    architecture = "model"
+    variant_settings = ("variant",)  # Beta-VAE-Classif or the CNN-Classif baseline
 
     def __init__(self, config: BetaVAEConfig, data: DataInfo, device: torch.device):
         self.cfg = config

@@ -216,6 +216,7 @@ class Importance:
     Config = ImportanceConfig
     metric_prefix = "importance/"
     architecture = "model"
+    variant_settings = ("variant",)  # ranked, or the random-removal baseline
 
     def __init__(self, config: ImportanceConfig, data: DataInfo, device: torch.device):
         self.cfg = config

@@ -116,6 +116,7 @@ class Magnitude:
     Config = MagnitudeConfig
     metric_prefix = "magnitude/"
     architecture = "model"
+    variant_settings = ("criterion", "scope", "schedule")  # each combination is its own baseline
 
     def __init__(self, config: MagnitudeConfig, data: DataInfo, device: torch.device):
         self.cfg = config

@@ -168,6 +168,7 @@ class Reparam:
     Config = ReparamConfig
     metric_prefix = "reparam/"
     architecture = "model"
+    variant_settings = ("variant",)  # the paper's method, or its MP / MP+FT baselines
 
     def __init__(self, config: ReparamConfig, data: DataInfo, device: torch.device):
         self.cfg = config
