@@ -5,9 +5,9 @@ Writes one YAML per chosen trial: `config` (every setting the trial ran with, re
 it ran on so a CPU retrain reproduces it). Only complete trials are chosen, never one at chance
 validation accuracy (<= 1 / num_classes + `--chance-margin`; the command says how many it left out),
 never one that misses a `--constraint` of its study.
-- knee: per front (method, dataset, model), the point farthest from the line joining the front's
-  two ends on the side away from the origin (objectives scaled to [0, 1] over the front); top-k
-  takes the next farthest;
+- knee: per front (method, variant, dataset, model, epoch budget: analysis.pareto), the point
+  farthest from the line joining the front's two ends on the side away from the origin
+  (objectives scaled to [0, 1] over the front); top-k takes the next farthest;
 - max-accuracy: highest val_accuracy (ties: higher sparsity);
 - min-size: fewest nonzero parameters among trials with val_accuracy >= --min-accuracy.
 `--min-sparsity` keeps only trials at least that sparse, for every pick.
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.pareto import add_chance_margin, at_chance, chance_line, front, group_name, is_feasible
+from analysis.pareto import add_chance_margin, at_chance, chance_line, front, front_names, is_feasible
 from analysis.results import StudyError, load_results, row_config, study_info
 from study.metrics import CHANCE_MARGIN, FINAL, OBJECTIVES
 
@@ -56,7 +56,7 @@ def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
     done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)
               & ~at_chance(df, chance_margin) & is_feasible(df)].dropna(subset=list(OBJECTIVES))
     if pick == "knee":  # the knee of each front, then each front's next, and so on
-        fronts = [front(g) for _, g in done.groupby(done.apply(group_name, axis=1))]
+        fronts = [front(g) for _, g in done.groupby(front_names(done))]
         per_front = [knee_order(f).assign(_rank=range(len(f))) for f in fronts]
         ranked = (pd.concat(per_front).sort_values("_rank", kind="stable").drop(columns="_rank")
                   if per_front else done)

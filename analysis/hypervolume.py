@@ -1,7 +1,8 @@
 """`python -m analysis.hypervolume STUDY... [--out DIR]`: hypervolume as a study progresses.
 
-For each study and each (method, dataset, model) in it, the dominated hypervolume of (val_accuracy,
-sparsity), reference point (0, 0), after each trial that ended (complete, stopped at a rung,
+For each study and each front in it (one per (method, variant, dataset, model, epoch budget),
+named as `analysis.pareto` names them), the dominated hypervolume of (val_accuracy, sparsity),
+reference point (0, 0), after each trial that ended (complete, stopped at a rung,
 diverged, degenerate or failed: each spent compute), in the order they ended, against the number
 of trials ended, the seconds since the study's first trial started (Ray's `timestamp` of a trial's
 last report; a trial started at `timestamp - time_total_s`) and the epochs run so far. Only
@@ -10,7 +11,7 @@ complete, feasible (`--constraint`) trials away from chance accuracy add points,
 over the front sorted by sparsity), a few lines instead of Optuna's private `optuna._hypervolume`
 (the tests check both agree); study.pareto also compares curves (by trials, at a budget).
 Writes `hypervolume.csv` (a row per ended trial) and `hypervolume.png` (two panels, a line per
-study and group) to `--out` (default: the first study's `analysis/` folder).
+study and front) to `--out` (default: the first study's `analysis/` folder).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import add_chance_margin, at_chance, group_name, is_feasible, save_figure
+from analysis.pareto import add_chance_margin, at_chance, front_names, is_feasible, save_figure
 from analysis.results import StudyError, load_results, load_study
 from study import layout
 from study.metrics import CHANCE_MARGIN, OBJECTIVES
@@ -45,7 +46,7 @@ def hypervolume_curves(df: pd.DataFrame, chance_margin: float = CHANCE_MARGIN) -
     df = df.assign(_end=_number(df, "timestamp"))
     df = df.assign(_start=df["_end"] - _number(df, "time_total_s").fillna(0.0),
                    _point=(df["status"] == "complete") & is_feasible(df) & ~at_chance(df, chance_margin),
-                   _front=df.apply(group_name, axis=1))
+                   _front=front_names(df))
     rows = []
     for study, trials in df.groupby("study", sort=False):
         t0 = trials["_start"].min()

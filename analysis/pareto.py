@@ -1,10 +1,11 @@
 """`python -m analysis.pareto STUDY [STUDY...]`: Pareto fronts of accuracy against sparsity.
 
-One front per (method, dataset, model) over all the studies given, never mixing datasets: the
-non-dominated complete trials on (val_accuracy, sparsity), their test accuracy beside, and the
-dominated hypervolume (reference point accuracy 0, sparsity 0; study.pareto), one number to
-compare samplers; where a dataset has several (method, model) groups, also their joint front
-`all/<dataset>`.
+One front per (method, variant, dataset, model, epoch budget) over all the studies given: like
+with like only (Blalock et al. 2020), never mixing datasets, networks or budgets. The front's name
+says its key, `method[variant]/dataset/model/<budget>ep` (`front_names`); `prunestudy compare`
+sets fronts of different methods side by side. Per front: the non-dominated complete trials on
+(val_accuracy, sparsity), their test accuracy beside, and the dominated hypervolume (reference
+point accuracy 0, sparsity 0; study.pareto), one number to compare samplers.
 Complete trials at chance validation accuracy (<= 1 / num_classes + `--chance-margin`) are left
 out of fronts and hypervolumes (a dead network is trivially sparse), and the command says how many;
 degenerate trials (ended early) and trials stopped at a rung (`--scheduler mo-asha`: mid-run values)
@@ -28,12 +29,39 @@ from study import layout
 from study.metrics import CHANCE_MARGIN, OBJECTIVES, near_chance
 from study.pareto import hypervolume_2d, pareto_mask
 
-GROUP = ("method", "dataset", "model")  # a front compares like with like: one of each at a time
+# a front compares like with like: one of each at a time. `variant`: the values of the settings
+# its method declares as `variant_settings`, `model`: of its `architecture` (analysis.results),
+# `total_epochs`: the epoch budget of the trial's schedule, as the trainable reports it
+FRONT_KEY = ("method", "variant", "dataset", "model", "total_epochs")
 
 
-def group_name(row: pd.Series | dict) -> str:
-    """The front a trial belongs to: `method/dataset/model`."""
-    return "/".join("-" if pd.isna(row.get(k)) else str(row[k]) for k in GROUP)
+def _text(df: pd.DataFrame, column: str) -> pd.Series:
+    """A key column as text; '-' where a trial lacks it (a study older than the column)."""
+    if column not in df:
+        return pd.Series("-", index=df.index, dtype=object)
+    return df[column].map(lambda v: "-" if pd.isna(v) else str(v)).astype(object)
+
+
+def procedure_names(df: pd.DataFrame) -> pd.Series:
+    """Each trial's procedure, `method[variant]` (`method` alone when its method declares no
+    variant settings): what `prunestudy compare` sets side by side within one group."""
+    variant = _text(df, "variant")
+    return _text(df, "method") + variant.map(lambda v: f"[{v}]" if v else "")
+
+
+def group_names(df: pd.DataFrame) -> pd.Series:
+    """Each trial's comparison group, `dataset/model/<total_epochs>ep`: what any two fronts that are
+    compared must share."""
+    budget = (pd.to_numeric(df["total_epochs"], errors="coerce") if "total_epochs" in df
+              else pd.Series(float("nan"), index=df.index))
+    return (_text(df, "dataset") + "/" + _text(df, "model") + "/"
+            + budget.map(lambda b: "-" if pd.isna(b) else f"{int(b)}ep").astype(object))
+
+
+def front_names(df: pd.DataFrame) -> pd.Series:
+    """The front each trial belongs to, named by its key (FRONT_KEY):
+    `method[variant]/dataset/model/<budget>ep`, e.g. `reparam[reparam]/fashion_mnist/lenet300/3ep`."""
+    return procedure_names(df) + "/" + group_names(df)
 
 
 def at_chance(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> pd.Series:
@@ -84,37 +112,30 @@ def front(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.Data
 
 def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
            chance_margin: float = CHANCE_MARGIN) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(front rows, with a `front` column naming their group `method/dataset/model` or the joint
-    front `all/<dataset>`; one row per front with `trials` (those the front and its hypervolume
-    are over), `left_out_chance` (complete trials at chance, left out: `at_chance`), size and
-    hypervolume) over the complete trials of df. A group whose trials are all at chance keeps its
-    row, with an empty front; the `all/` rows count their groups' trials again."""
+    """(front rows, with a `front` column naming their front (`front_names`); one row per front
+    with its key, `trials` (those the front and its hypervolume are over), `left_out_chance`
+    (complete trials at chance, left out: `at_chance`), size and hypervolume) over the complete
+    trials of df. A front whose trials are all at chance keeps its row, with no point."""
     missing = [m for m in objectives if m not in df.columns]
     if missing:
         raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
     done = df[df["status"] == "complete"].dropna(subset=list(objectives))
-    done = done.assign(**{k: done[k].fillna("-") if k in done else "-" for k in GROUP},
-                       _chance=at_chance(done, chance_margin), _infeasible=~is_feasible(done))
-    groups = [("/".join(map(str, key)), g) for key, g in done.groupby(list(GROUP), sort=True)]
-    for dataset, g in done.groupby("dataset", sort=True):
-        if g[["method", "model"]].drop_duplicates().shape[0] > 1:
-            groups.append((f"all/{dataset}", g))
+    done = done.assign(_chance=at_chance(done, chance_margin), _infeasible=~is_feasible(done))
     parts, volumes = [], []
-    for name, group in groups:
+    for name, group in done.groupby(front_names(done), sort=True):
         kept = group[~group["_chance"] & ~group["_infeasible"]].drop(columns=["_chance", "_infeasible"])
         parts.append(front(kept, objectives).assign(front=name))
-        volumes.append({"front": name, "method": group["method"].iloc[0] if not name.startswith("all/")
-                        else "all", "dataset": group["dataset"].iloc[0], "trials": len(kept),
-                        "left_out_chance": int(group["_chance"].sum()),
+        first = group.iloc[0]
+        volumes.append({"front": name, **{k: first[k] if k in group else None for k in FRONT_KEY},
+                        "trials": len(kept), "left_out_chance": int(group["_chance"].sum()),
                         "left_out_infeasible": int((group["_infeasible"] & ~group["_chance"]).sum()),
                         "front_size": len(parts[-1]),
                         "hypervolume": hypervolume_2d(kept[list(objectives)].to_numpy())})
     parts = [p for p in parts if len(p)]
     table = (pd.concat(parts, ignore_index=True) if parts
              else done.drop(columns=["_chance", "_infeasible"]).iloc[:0].assign(front=[]))
-    return table, pd.DataFrame(volumes, columns=["front", "method", "dataset", "trials",
-                                                 "left_out_chance", "left_out_infeasible",
-                                                 "front_size", "hypervolume"])
+    return table, pd.DataFrame(volumes, columns=["front", *FRONT_KEY, "trials", "left_out_chance",
+                                                 "left_out_infeasible", "front_size", "hypervolume"])
 
 
 APART = "degenerate / at chance (not on the front)"  # the plots' label for trials kept apart
@@ -145,7 +166,7 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
         ax.scatter(data.loc[stopped, x], data.loc[stopped, y], s=22, marker="v", color="0.75",
                    label=STOPPED)
     data = data[~apart & ~stopped]
-    for i, (name, group) in enumerate(data.groupby(data.apply(group_name, axis=1))):
+    for i, (name, group) in enumerate(data.groupby(front_names(data))):
         color = f"C{i}"
         ok = is_feasible(group)
         ax.scatter(group.loc[ok, x], group.loc[ok, y], s=18, alpha=0.5, color=color,
@@ -159,7 +180,9 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
                        label="collapsed" if i == 0 else None)
         f = table[table["front"] == name].sort_values(x)
         if not f.empty:
-            ax.step(f[x], f[y], where="post", color=color, lw=2, label=f"{name} front")
+            # 'pre': each point's y holds back to the previous point's x, the boundary of the
+            # area the hypervolume measures (never through a corner no trial attained)
+            ax.step(f[x], f[y], where="pre", color=color, lw=2, label=f"{name} front")
     finish_scatter(fig, ax, x, y, path)
 
 
@@ -204,13 +227,13 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
     if stopped.any():
         points(data[stopped], STOPPED, marker={"symbol": "triangle-down", "color": "lightgrey"})
     data = data[~apart & ~stopped]
-    for name, group in data.groupby(data.apply(group_name, axis=1)):
+    for name, group in data.groupby(front_names(data)):
         ok = is_feasible(group)
         points(group[ok], f"{name} trials")
         if not ok.all():
             points(group[~ok], f"{name} {INFEASIBLE}", marker={"symbol": "circle-open"})
         f = table[table["front"] == name].sort_values(x)
-        fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="lines", line_shape="hv",
+        fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="lines", line_shape="vh",
                                  name=f"{name} front"))
     fig.update_layout(xaxis_title=x, yaxis_title=y, title="Pareto fronts")
     fig.write_html(str(path), include_plotlyjs=True)
@@ -271,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table[[c for c in show if c in table]].to_string(
         index=False, float_format=lambda v: f"{v:.4g}"))
     print()
-    print(volumes.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(volumes.drop(columns=list(FRONT_KEY)).to_string(  # the front's name says its key
+        index=False, float_format=lambda v: f"{v:.4f}"))
     if not args.no_wandb and not table.empty:
         first = Path(args.studies[0])
         mode = log_to_wandb(table, first, study_info(first))

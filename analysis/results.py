@@ -1,8 +1,11 @@
 """One table of trials from one or more study folders (read only: never trains, never writes).
 
-A row per Ray trial: study, trial_id, optuna_number, method, variant, dataset, model (the value of
-the setting its method declares as its `architecture`), status, every setting as `config/<key>`, and
-every metric at its last reported value (`epoch` tells how far the trial got). Status: the trial's
+A row per Ray trial: study, trial_id, optuna_number, method, variant (the values of the settings
+its method declares as `variant_settings`, comma-separated: `reparam`, `magnitude,global,oneshot`),
+dataset, model (the value of the setting its method declares as its `architecture`), status, every
+setting as `config/<key>`, and every metric at its last reported value (`epoch` tells how far the
+trial got; `total_epochs`, the epochs of its schedule, is its budget). Fronts are keyed on these
+(analysis.pareto.FRONT_KEY); a setting an old study did not record reads '-'. Status: the trial's
 outcome (study.outcome): `complete` (finished its schedule), `diverged` (its loss became NaN/inf),
 `degenerate` (ended early by the trainable: chance accuracy for `degenerate_epochs` epochs, or a
 dead network; `degenerate_reason` says which), `stopped` (stopped at a rung by `--scheduler
@@ -86,13 +89,17 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
             last.update({k: v for k, v in result.items() if k != "config" and v is not None})
         ot = optuna_trials.get(trial_id)
         method = config.get("method", info.get("method"))
+        declared = METHODS.get(method)
         rows.append({
             "study": study_dir.name, "study_dir": str(study_dir), "trial_id": trial_id,
             "optuna_number": ot.number if ot is not None else None,
             "method": method,
-            "variant": config.get("variant"), "dataset": config.get("dataset", info.get("dataset")),
-            # the architecture fronts compare on: the setting its method declares names its network
-            "model": config.get(METHODS[method].architecture) if method in METHODS else None,
+            # what fronts compare on: the settings its method declares make another procedure,
+            # and the one it declares names its network
+            "variant": (",".join(str(config.get(k, "-")) for k in declared.variant_settings)
+                        if declared else config.get("variant")),
+            "dataset": config.get("dataset", info.get("dataset")),
+            "model": config.get(declared.architecture) if declared else None,
             "status": _status(history[-1] if history else {}, trial_dir, ot),
             "feasible": feasible(constraints, last),
             **({STOPPED_ATTR: ot.user_attrs[STOPPED_ATTR]}

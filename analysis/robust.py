@@ -1,12 +1,12 @@
 """`python -m analysis.robust STUDY --seeds 3`: the front with error bars over new seeds.
 
-Every trial on a front of the study (one per (method, dataset, model), feasible and away from
-chance, as `analysis.pareto` draws them) is trained again with `--seeds` new seeds (its seed + 1,
-+ 2, ...), through Ray, in parallel, by the trainable every search runs (study.rerun: analysis
-never trains itself). The new runs alone give
-each point's mean +- standard deviation (sample std; 0 for one seed) of val_accuracy, sparsity and
-test_accuracy: the original run is left out, since being on the front selected it for its luck.
-`survives`: the point's means are still non-dominated among its front's means. Writes
+Every trial on a front of the study (one per (method, variant, dataset, model, epoch budget),
+feasible and away from chance, as `analysis.pareto` draws them) is trained again with `--seeds`
+new seeds (its seed + 1, + 2, ...), through Ray, in parallel, by the trainable every search runs
+(study.rerun: analysis never trains itself). The new runs alone give each point's mean +-
+standard deviation (sample std; 0 for one seed) of val_accuracy, sparsity and test_accuracy: the
+original run is left out, since being on the front selected it for its luck. `survives`: the
+point's means are still non-dominated among its front's means. Writes
 `robust.csv` and `robust.png` (error bars, the original points hollow) to `--out` (default:
 STUDY/analysis/), the new runs' Ray folders under `--out`/robust-runs/, and a summary table to the
 study's W&B group (`--no-wandb` to skip).
@@ -36,9 +36,8 @@ MEASURED = (*OBJECTIVES, "test_accuracy")
 
 
 def front_configs(df: pd.DataFrame) -> pd.DataFrame:
-    """The front trials of `df` (each once: joint `all/` fronts left out), with their configs."""
-    table, _ = fronts(df)
-    return table[~table["front"].str.startswith("all/")].drop_duplicates(["study", "trial_id"])
+    """The front trials of `df`, with their configs."""
+    return fronts(df)[0]
 
 
 def seed_runs(front: pd.DataFrame, seeds: int) -> list[dict[str, Any]]:

@@ -7,11 +7,14 @@ from study.metrics import OBJECTIVES
 
 
 def summarize(study_dir: Path) -> str:
-    """The finished trials' Pareto fronts, one per (method, dataset, model), with test accuracy and
-    the settings that differ between trials beside; read back from the study folder as
+    """The finished trials' Pareto fronts, one per (method, variant, dataset, model, epoch budget)
+    (analysis.pareto.front_names), each headed by its budget, with test accuracy and the settings
+    that differ between trials beside; read back from the study folder as
     `analysis.pareto` reads it, so a trial that failed, diverged or was degenerate is never a
     point, nor is a finished one at chance accuracy (counted on a line of its own)."""
     # imported here: the search hands this over before its flag checks, which must stay quick
+    import pandas as pd
+
     from analysis.pareto import at_chance, chance_line, fronts
     from analysis.results import CONFIG_PREFIX, load_study, saved_line
 
@@ -26,7 +29,8 @@ def summarize(study_dir: Path) -> str:
     table, volumes = fronts(df)
     if table.empty:
         return f"trials: {counts}\nno front: every finished trial is at chance accuracy"
-    trials = dict(zip(volumes["front"], volumes["trials"], strict=True))
+    volumes = volumes.assign(total_epochs=pd.to_numeric(volumes["total_epochs"], errors="coerce")
+                             ).set_index("front")
     searched = [c for c in done.columns
                 if c.startswith(CONFIG_PREFIX) and done[c].nunique(dropna=True) > 1]
     cols = ["trial_id", *OBJECTIVES, "test_accuracy", *searched]
@@ -34,7 +38,10 @@ def summarize(study_dir: Path) -> str:
     for name, rows in table.groupby("front", sort=False):
         shown = rows[[c for c in cols if c in rows]].rename(
             columns={c: c[len(CONFIG_PREFIX):] for c in searched})
-        parts.append(f"Pareto front (val_accuracy, sparsity) of {name}: {len(rows)} of "
-                     f"{trials[name]} finished trials\n"
+        epochs = volumes.loc[name, "total_epochs"]
+        budget = ("budget not reported" if pd.isna(epochs)
+                  else f"a budget of {int(epochs)} epoch{'s' * (int(epochs) != 1)}")
+        parts.append(f"Pareto front (val_accuracy, sparsity) of {name} ({budget}): {len(rows)} of "
+                     f"{volumes.loc[name, 'trials']} finished trials\n"
                      + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return f"trials: {counts}\n" + "\n\n".join(parts)

@@ -14,6 +14,8 @@ import sys
 COMMANDS = {  # command -> (module with main(argv), what it does)
     "search": ("study.search", "run a study: Ray Tune trials, Optuna's sampler, W&B runs"),
     "pareto": ("analysis.pareto", "Pareto fronts of accuracy against sparsity (CSV, PNG, HTML, W&B)"),
+    "compare": ("analysis.compare", "fronts of several methods on one dataset, model and budget, "
+                "beside the baselines"),
     "hypervolume": ("analysis.hypervolume", "hypervolume as studies progress, by trials and by time"),
     "robust": ("analysis.robust", "the front with error bars: its trials re-run with new seeds"),
     "collapse": ("analysis.collapse", "posterior-collapse flags of beta_vae trials, by beta"),

@@ -35,6 +35,8 @@ VOCABULARY = {m.name: m for m in (
     Metric("compressed_bytes", False, "gzip of its saved weights"),
     Metric("flops", False, "2 x multiply-accumulates of nonzero weights per sample"),
     Metric("dense_flops", None, "the same for the dense architecture"),
+    Metric("dense_params", None, "parameters of the dense architecture (sparsity's denominator; "
+           "trials compared must share it)"),
     Metric("num_classes", None, "classes of the trial's labels (chance accuracy is 1 / it)"),
     Metric("epoch_seconds", None, "training seconds of the epoch (evaluation excluded)"),
     Metric("eval_seconds", None, "seconds of the epoch's evaluation (validation; test at the end)"),

@@ -98,7 +98,8 @@ def sparsity(model: nn.Module, dense: DenseReference) -> float:
 
 
 def size_metrics(model: nn.Module, dense: DenseReference, input_shape: tuple[int, ...]) -> dict[str, float]:
-    """DESIGN.md's size vocabulary. sparsity = 1 - nonzero parameters / dense parameters."""
+    """DESIGN.md's size vocabulary. sparsity = 1 - nonzero parameters / dense parameters; the dense
+    counts beside, so that analysis can tell two trials' dense architectures apart."""
     params = effective_parameters(model)  # once: every count below reads these tensors
     nonzero = nonzero_count(params)
     prunable_nonzero = nonzero_count(prunable_weights(model, params))
@@ -110,4 +111,5 @@ def size_metrics(model: nn.Module, dense: DenseReference, input_shape: tuple[int
         "compressed_bytes": compressed_bytes(params),
         "flops": 2 * macs_per_sample(model, input_shape, nonzero_only=True),
         "dense_flops": dense.flops,
+        "dense_params": dense.params,
     }

@@ -46,8 +46,8 @@ def test_hypervolume_of_known_points(points, expected):
 
 def _table(rows):
     base = {"study": "s", "trial_id": "t", "status": "complete", "method": "beta_vae", "variant": "vae",
-            "dataset": "mnist", "model": "vae", "config/latent_dim": 4, "config/beta": 1.0,
-            "num_classes": 10}
+            "dataset": "mnist", "model": "vae", "total_epochs": 3, "config/latent_dim": 4,
+            "config/beta": 1.0, "num_classes": 10}
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
@@ -56,22 +56,33 @@ def test_fronts_compare_like_with_like_over_complete_trials():
         {"trial_id": "a", "val_accuracy": 0.9, "sparsity": 0.5},
         {"trial_id": "b", "val_accuracy": 0.8, "sparsity": 0.6},
         {"trial_id": "c", "val_accuracy": 0.99, "sparsity": 0.99, "status": "failed"},  # ignored
-        {"trial_id": "d", "method": "reparam", "model": "lenet300", "val_accuracy": 0.85, "sparsity": 0.9},
+        {"trial_id": "d", "method": "reparam", "variant": "reparam", "model": "lenet300",
+         "val_accuracy": 0.85, "sparsity": 0.9},
         # another dataset: its own front, never on MNIST's, however good
         {"trial_id": "e", "dataset": "fashion_mnist", "val_accuracy": 0.95, "sparsity": 0.95},
-        # the CNN baseline is another model: its own front
+        # the CNN baseline is another procedure and model: its own front
         {"trial_id": "f", "variant": "cnn", "model": "cnn", "val_accuracy": 0.99, "sparsity": 0.4},
+        # twice the epochs: another budget, its own front (Blalock et al. 2020)
+        {"trial_id": "g", "total_epochs": 6, "val_accuracy": 0.97, "sparsity": 0.9},
+        # a study older than the budget: its own front, never pooled with any budget
+        {"trial_id": "h", "total_epochs": np.nan, "val_accuracy": 0.5, "sparsity": 0.5},
     ])
     table, volumes = fronts(df)
     members = {name: sorted(g["trial_id"]) for name, g in table.groupby("front")}
-    assert members == {"beta_vae/mnist/vae": ["a", "b"], "beta_vae/mnist/cnn": ["f"],
-                       "reparam/mnist/lenet300": ["d"], "beta_vae/fashion_mnist/vae": ["e"],
-                       "all/mnist": ["a", "d", "f"]}
+    # one front per (method, variant, dataset, model, budget); no joint front mixes them
+    assert members == {"beta_vae[vae]/mnist/vae/3ep": ["a", "b"], "beta_vae[cnn]/mnist/cnn/3ep": ["f"],
+                       "reparam[reparam]/mnist/lenet300/3ep": ["d"],
+                       "beta_vae[vae]/fashion_mnist/vae/3ep": ["e"], "beta_vae[vae]/mnist/vae/6ep": ["g"],
+                       "beta_vae[vae]/mnist/vae/-": ["h"]}
     hv = dict(zip(volumes["front"], volumes["hypervolume"], strict=True))
-    assert hv["beta_vae/mnist/vae"] == pytest.approx(0.9 * 0.5 + 0.8 * 0.1)
-    assert hv["reparam/mnist/lenet300"] == pytest.approx(0.85 * 0.9)
-    assert hv["beta_vae/fashion_mnist/vae"] == pytest.approx(0.95 * 0.95)
-    assert "all/fashion_mnist" not in hv  # one group only: no joint front
+    assert set(hv) == set(members)
+    assert hv["beta_vae[vae]/mnist/vae/3ep"] == pytest.approx(0.9 * 0.5 + 0.8 * 0.1)
+    assert hv["reparam[reparam]/mnist/lenet300/3ep"] == pytest.approx(0.85 * 0.9)
+    assert hv["beta_vae[vae]/fashion_mnist/vae/3ep"] == pytest.approx(0.95 * 0.95)
+    assert hv["beta_vae[vae]/mnist/vae/6ep"] == pytest.approx(0.97 * 0.9)
+    key = volumes.set_index("front").loc["beta_vae[vae]/mnist/vae/6ep"]
+    assert (key["method"], key["variant"], key["dataset"], key["model"], key["total_epochs"]) == (
+        "beta_vae", "vae", "mnist", "vae", 6)
     with pytest.raises(ValueError, match="unknown metric 'latency'"):
         fronts(df, ("val_accuracy", "latency"))
 
@@ -134,8 +145,9 @@ def test_the_search_summary_lists_finished_trials_only(tmp_path):
     study = tmp_path / "s"
     study.mkdir()
     layout.write_info(study, {"method": "beta_vae", "dataset": "mnist"})
-    config = {"method": "beta_vae", "dataset": "mnist", "variant": "vae", "beta": 1.0}
-    trials = {"done": [{"epoch": 1, "val_accuracy": 0.9, "sparsity": 0.5, "test_accuracy": 0.89}],
+    config = {"method": "beta_vae", "dataset": "mnist", "variant": "vae", "model": "bvae_cnn", "beta": 1.0}
+    trials = {"done": [{"epoch": 1, "total_epochs": 1, "val_accuracy": 0.9, "sparsity": 0.5,
+                        "test_accuracy": 0.89}],
               # failed after an epoch whose intermediate metrics would dominate the finished trial
               "broken": [{"epoch": 1, "val_accuracy": 0.95, "sparsity": 0.6}],
               "nan": [{"epoch": 1, "diverged": 1, "loss": float("nan")}]}
@@ -147,7 +159,8 @@ def test_the_search_summary_lists_finished_trials_only(tmp_path):
     (layout.trial_dir(study, "broken") / layout.ERROR).write_text("RuntimeError")
     text = summarize(study)
     assert "1 complete" in text and "1 failed" in text and "1 diverged" in text
-    assert "Pareto front (val_accuracy, sparsity) of beta_vae/mnist/vae: 1 of 1 finished trials" in text
+    assert ("Pareto front (val_accuracy, sparsity) of beta_vae[vae]/mnist/bvae_cnn/1ep (a budget of 1 "
+            "epoch): 1 of 1 finished trials") in text
     assert "done" in text and "broken" not in text and "nan" not in text.split("\n", 1)[1]
 
 
@@ -158,6 +171,11 @@ def test_results_table_reads_the_study(tiny_study):
     df = load_results([study_dir])
     assert len(df) == 2 and set(df["status"]) == {"complete"}
     assert set(df["method"]) == {"beta_vae"} and set(df["dataset"]) == {"mnist"}
+    # the front key, read from the method's declaration and the trials' reports: the variant and
+    # architecture settings' values, the schedule's epochs (1 VAE + 1 head + 1 prune) and the
+    # dense architecture's size (study.sparsity), reported every epoch
+    assert set(df["variant"]) == {"vae"} and set(df["model"]) == {"bvae_cnn"}
+    assert set(df["total_epochs"]) == {3} and df["dense_params"].nunique() == 1
     assert df["optuna_number"].notna().all()
     assert {"config/beta", "config/lr", "val_accuracy", "test_accuracy", "vae/kl"} <= set(df.columns)
 

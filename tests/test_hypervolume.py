@@ -32,8 +32,9 @@ def _write_study(folder, trials, constraints=()):
         trial = layout.trial_dir(folder, tid)
         trial.mkdir()
         (trial / layout.PARAMS).write_text(json.dumps({"method": "reparam", "dataset": "mnist",
-                                                       "model": model}))
-        row = {"epoch": 3, "num_classes": 10, "time_total_s": ran, "timestamp": end, **last}
+                                                       "model": model, "variant": "reparam"}))
+        row = {"epoch": 3, "total_epochs": 3, "num_classes": 10, "time_total_s": ran,
+               "timestamp": end, **last}
         (trial / layout.RESULT).write_text(json.dumps(row))
     return folder
 
@@ -58,7 +59,7 @@ def test_hypervolume_grows_as_trials_end_per_front(tmp_path):
 
     df = load_results([_write_study(tmp_path / "s", TRIALS)])
     curves = hypervolume_curves(df)
-    lenet = curves[curves["front"] == "reparam/mnist/lenet300"]
+    lenet = curves[curves["front"] == "reparam[reparam]/mnist/lenet300/3ep"]
     assert lenet["trial_id"].tolist() == ["c", "a", "n", "b", "d"]
     assert lenet["trials"].tolist() == [1, 2, 3, 4, 5]
     assert lenet["seconds"].tolist() == [10, 30, 40, 50, 60]  # since the first start (1000)
@@ -66,7 +67,7 @@ def test_hypervolume_grows_as_trials_end_per_front(tmp_path):
     hv_ca = 0.95 * 0.2 + 0.9 * 0.3
     assert lenet["hypervolume"].tolist() == pytest.approx(
         [0.95 * 0.2, hv_ca, hv_ca, hv_ca + 0.7 * 0.4, hv_ca + 0.7 * 0.4])
-    conv = curves[curves["front"] == "reparam/mnist/conv4"]
+    conv = curves[curves["front"] == "reparam[reparam]/mnist/conv4/3ep"]
     assert conv["hypervolume"].tolist() == pytest.approx([0.64]) and conv["seconds"].tolist() == [70]
 
 
@@ -74,7 +75,7 @@ def test_infeasible_trials_add_no_hypervolume(tmp_path):
     from analysis.results import load_results
 
     df = load_results([_write_study(tmp_path / "s", TRIALS, ["val_accuracy>=0.8"])])
-    lenet = hypervolume_curves(df).query("front == 'reparam/mnist/lenet300'")
+    lenet = hypervolume_curves(df).query("front == 'reparam[reparam]/mnist/lenet300/3ep'")
     hv_ca = 0.95 * 0.2 + 0.9 * 0.3
     assert lenet["hypervolume"].tolist() == pytest.approx([0.95 * 0.2, hv_ca, hv_ca, hv_ca, hv_ca])
 
@@ -89,7 +90,7 @@ def test_hypervolume_command_writes_csv_and_png_per_study(tmp_path, capsys):
         [0.9 * 0.5, 0.9 * 0.5 + 0.7 * 0.4])
     png = (tmp_path / "out" / "hypervolume.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert "reparam/mnist/lenet300" in capsys.readouterr().out
+    assert "reparam[reparam]/mnist/lenet300/3ep" in capsys.readouterr().out
     assert run_main("analysis.hypervolume", str(tmp_path / "nope")) == 2
     assert "does not exist" in capsys.readouterr().err
 

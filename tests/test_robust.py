@@ -8,9 +8,10 @@ from analysis.robust import front_configs, seed_runs, summarize
 
 
 def _df():
-    base = {"study": "s", "status": "complete", "method": "reparam", "dataset": "mnist",
-            "model": "lenet300", "num_classes": 10, "config/method": "reparam", "config/seed": 7,
-            "config/lr": 0.1, "config/rung_epochs": "1,3", "test_accuracy": 0.9}
+    base = {"study": "s", "status": "complete", "method": "reparam", "variant": "reparam",
+            "dataset": "mnist", "model": "lenet300", "total_epochs": 3, "num_classes": 10,
+            "config/method": "reparam", "config/seed": 7, "config/lr": 0.1, "config/rung_epochs": "1,3",
+            "test_accuracy": 0.9}
     rows = [{"trial_id": "a", "val_accuracy": 0.95, "sparsity": 0.5},
             {"trial_id": "b", "val_accuracy": 0.9, "sparsity": 0.8, "config/seed": 9},
             {"trial_id": "c", "val_accuracy": 0.8, "sparsity": 0.7}]  # dominated by b
@@ -24,6 +25,7 @@ def test_every_front_trial_runs_again_with_new_seeds_and_no_rung_probes():
     assert sorted((r["of"], r["config"]["seed"]) for r in runs) == [
         ("a", 8), ("a", 9), ("a", 10), ("b", 10), ("b", 11), ("b", 12)]
     assert all(r["config"]["lr"] == 0.1 and r["config"]["rung_epochs"] == "" for r in runs)
+    assert {r["front"] for r in runs} == {"reparam[reparam]/mnist/lenet300/3ep"}
 
 
 def test_the_summary_gives_mean_and_std_over_the_new_seeds_and_who_survives():

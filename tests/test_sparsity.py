@@ -35,6 +35,7 @@ def test_sparsity_counts_zeros_in_the_weights_not_what_was_asked():
     assert abs(m["prunable_sparsity"] - (9 + 48) / 114) < 1e-12
     assert m["flops"] == 2 * (9 * 16 + 48)
     assert m["dense_flops"] == dense.flops
+    assert m["dense_params"] == dense.params == 119
 
 
 def test_removed_neurons_count_as_zeros_against_the_dense_architecture():
