@@ -17,6 +17,8 @@ COMMANDS = {  # command -> (module with main(argv), what it does)
     "compare": ("analysis.compare", "fronts of several methods on one dataset, model and budget, "
                 "beside the baselines"),
     "hypervolume": ("analysis.hypervolume", "hypervolume as studies progress, by trials and by time"),
+    "sanity": ("analysis.sanity", "each front trial against its controls: shuffled mask, re-initialized "
+               "mask, smaller dense network (Frankle et al. 2021, Liu et al. 2019)"),
     "robust": ("analysis.robust", "the front with error bars: its trials re-run with new seeds"),
     "collapse": ("analysis.collapse", "posterior-collapse flags of beta_vae trials, by beta"),
     "export": ("analysis.export", "best configs of a study as YAML, ready for `prunestudy train`"),

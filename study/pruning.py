@@ -1,6 +1,9 @@
 """Pruning mechanics every method shares: the prunable layers, keep-masks (by magnitude or at
 random, over the whole network or per layer), and the masks' life: held through training, zeroed
-into plain weights, made permanent, restored before a checkpoint loads, and counted.
+into plain weights, made permanent, restored before a checkpoint loads, and counted. Structured
+pruning's counterpart: the hidden Linear layers of a classifier's head (study.models.FeaturesHead),
+whose neurons are removed for real (`hidden_layers`, `remove_neurons`), and their widths given to
+a fresh network, the smaller dense one (`resize_hidden`).
 
 A mask set is {layer name: keep-mask}, a bool tensor shaped as the layer's weight (True: kept).
 Masks are computed from the weight the next forward pass uses (a masked layer's `weight_orig *
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -148,3 +151,58 @@ def kept_per_layer(model: nn.Module) -> dict[str, tuple[int, int]]:
         weight = _weight(module)
         counts[name] = (int(torch.count_nonzero(weight)), weight.numel())
     return counts
+
+
+# --- structured: the hidden Linear layers of a head, their neurons removed for real --------------
+
+def hidden_layers(head: nn.Sequential) -> list[tuple[str, int, int]]:
+    """(name, index, index of the next Linear) of every hidden Linear layer of a FeaturesHead's
+    head (every Linear but the last): the layers whose output neurons can be removed. Names are
+    the model's ("head.<index>"), as in its state_dict."""
+    linear = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
+    return [(f"head.{i}", i, j) for i, j in zip(linear[:-1], linear[1:], strict=True)]
+
+
+def _empty_linear(n_in: int, n_out: int, like: nn.Linear) -> nn.Linear:
+    """A Linear of the given shape on `like`'s device and dtype, uninitialized (values are copied or
+    loaded into it next; building on 'meta' draws no random numbers)."""
+    layer = nn.Linear(n_in, n_out, bias=like.bias is not None, device="meta", dtype=like.weight.dtype)
+    return layer.to_empty(device=like.weight.device)
+
+
+def resize_hidden(head: nn.Sequential, widths: dict[str, int]) -> None:
+    """Give the hidden layers (`hidden_layers`, by name) these widths, uninitialized: the smaller
+    dense network a checkpoint's tensors of a structurally pruned model load into. Draws no random
+    numbers."""
+    for name, i, j in hidden_layers(head):
+        head[i] = _empty_linear(head[i].in_features, widths[name], head[i])
+        head[j] = _empty_linear(widths[name], head[j].out_features, head[j])
+
+
+OptimizerState = dict[torch.Tensor, dict[str, Any]]
+
+
+def remove_neurons(head: nn.Sequential, index: int, keep: torch.Tensor,
+                   state: OptimizerState | None = None) -> None:
+    """Rebuild head[index] with only the neurons `keep` (sorted indices) and the next Linear with
+    only their input columns, copying the surviving weights. `state` (parameter -> optimizer state)
+    is re-keyed to the new parameters, each tensor of a parameter's shape sliced the same way
+    (Adam's exp_avg / exp_avg_sq, SGD's momentum_buffer); others (Adam's step) kept."""
+    nxt = next(j for j, m in enumerate(head) if j > index and isinstance(m, nn.Linear))
+    layer, after = head[index], head[nxt]
+    new_layer = _empty_linear(layer.in_features, len(keep), layer)
+    new_after = _empty_linear(len(keep), after.out_features, after)
+    keep = keep.to(layer.weight.device)
+    rows: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[keep]  # noqa: E731
+    cols: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[:, keep]  # noqa: E731
+    pairs = [(layer.weight, new_layer.weight, rows), (layer.bias, new_layer.bias, rows),
+             (after.weight, new_after.weight, cols), (after.bias, new_after.bias, lambda t: t)]
+    with torch.no_grad():
+        for old, new, cut in pairs:
+            if old is None:
+                continue
+            new.copy_(cut(old))
+            if state is not None and old in state:
+                state[new] = {k: cut(v).clone() if torch.is_tensor(v) and v.shape == old.shape else v
+                              for k, v in state.pop(old).items()}
+    head[index], head[nxt] = new_layer, new_after

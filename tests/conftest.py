@@ -388,10 +388,12 @@ CLI_STUDIES = {  # method -> (study name, arguments of `python -m study.search M
     "reparam": ("tiny", ["--sampler", "random", "--seed", "3", "--dataset", "mnist", "--set",
                          "epochs=2", "--set", "train_subset=500"]),
     "importance": ("imp", ["--sampler", "random", "--seed", "1", "--set", "train_subset=500", "--set",
-                           "warmup_epochs=1", "--set", "recovery_epochs=0", "--set",
+                           "warmup_epochs=1", "--set", "epochs=2", "--set",
                            "prune_fraction=0.5", "--set", "target_fraction=0.5"]),
     "magnitude": ("mag", ["--sampler", "random", "--seed", "3", "--dataset", "mnist", "--set",
                           "train_subset=500", "--set", "schedule=gradual", "--set", "prune_every=1"]),
+    "control": ("ctl", ["--sampler", "random", "--seed", "3", "--dataset", "mnist", "--set",
+                        "train_subset=500", "--set", "epochs=2"]),
 }
 
 
@@ -410,7 +412,8 @@ def _cli_study(method: str):
     return job
 
 
-for _method, _cost in (("beta_vae", 40), ("reparam", 30), ("importance", 30), ("magnitude", 30)):
+for _method, _cost in (("beta_vae", 40), ("reparam", 30), ("importance", 30), ("magnitude", 30),
+                      ("control", 20)):
     background_study(f"cli-{_method}", _cost)(_cli_study(_method))
 
 

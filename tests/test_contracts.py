@@ -27,8 +27,11 @@ Tiny trials on `mnist_small` (1,000 validation images): none of these depends on
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -44,21 +47,35 @@ from study.sparsity import DenseReference, size_metrics
 from study.trainable import STATE_FILE, parse_config, train
 from tests.conftest import assert_same_metrics
 
+
+def _control_masks() -> str:
+    """A keep-mask file for the control's resumes, as `prunestudy sanity` writes them: every other
+    weight of mlp50_30 kept (in a folder removed at exit)."""
+    folder = tempfile.mkdtemp(prefix="prunestudy-masks-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    shapes = {"head.0": (50, 784), "head.2": (30, 50), "head.4": (10, 30)}
+    torch.save({k: torch.arange(s[0] * s[1]).view(s) % 2 == 0 for k, s in shapes.items()},
+               Path(folder) / "masks.pt")
+    return str(Path(folder) / "masks.pt")
+
+
 # one tiny trial per method (degenerate_epochs=0: a tiny trial near chance still runs to its end)
 TINY = {
     "beta_vae": {"method": "beta_vae", "dataset": "mnist", "train_subset": 128, "batch_size": 64,
                  "epochs": 2, "head_epochs": 1, "prune_epochs": 1, "layer_sparsity": 0.5},
     "reparam": {"method": "reparam", "dataset": "mnist", "model": "lenet300", "train_subset": 256,
                 "batch_size": 64, "epochs": 2, "finetune_epochs": 1, "pruning_rate": 0.9},
-    # 1 warm-up epoch, 2 rounds (30% then 50%) of a removal epoch and a recovery epoch
+    # 5 epochs: 1 warm-up epoch, 2 rounds (30% then 50%) of a removal epoch and a recovery epoch
     "importance": {"method": "importance", "dataset": "mnist", "train_subset": 128, "batch_size": 64,
-                   "warmup_epochs": 1, "prune_fraction": 0.3, "target_fraction": 0.5,
-                   "recovery_epochs": 1},
+                   "epochs": 5, "warmup_epochs": 1, "prune_fraction": 0.3, "target_fraction": 0.5},
     # gradual: 1 dense epoch (4 steps), a 2-epoch window (masks at steps 0, 3, 6, then s_f at its
     # end), 1 fine-tuning epoch
     "magnitude": {"method": "magnitude", "dataset": "mnist", "model": "lenet300", "train_subset": 256,
                   "batch_size": 64, "epochs": 4, "finetune_epochs": 1, "schedule": "gradual",
                   "prune_every": 3, "target_sparsity": 0.9},
+    # no mask (it runs on every model); its masks and widths are in RESUMES
+    "control": {"method": "control", "dataset": "mnist", "model": "mlp50_30", "train_subset": 128,
+                "batch_size": 64, "epochs": 2},
 }
 
 
@@ -176,6 +193,15 @@ RESUMES = [
     # oneshot: pruned at the end of the train phase, fine-tuned after the resume
     pytest.param("magnitude", {"schedule": "oneshot", "criterion": "random", "scope": "layer"}, 3,
                  {"phase": "train", "magnitude/target_sparsity_now": 0.9}, id="magnitude-oneshot-pruned"),
+    # mid-training: a mask held (Frankle et al. 2021's reinit), then shuffled with the seed (their
+    # layerwise shuffle: drawn again from the seed on restore)
+    pytest.param("control", {"masks": _control_masks()}, 1,
+                 {"phase": "train", "control/kept/head.2": 750}, id="control-mask"),
+    pytest.param("control", {"masks": _control_masks(), "shuffle": True}, 1,
+                 {"phase": "train", "control/kept/head.2": 750}, id="control-shuffled-mask"),
+    # the smaller dense network: its widths rebuilt before the state loads
+    pytest.param("control", {"widths": "head.0=20"}, 1,
+                 {"control/kept/head.0": 20 * 784}, id="control-small-dense"),
 ]
 
 
@@ -271,6 +297,7 @@ _BAD = [(method, "bogus", 1, "unknown setting 'bogus'") for method in sorted(TIN
     ("importance", "prune_fraction", 0.0, "'prune_fraction' must be"),
     ("importance", "variant", "magnitude", "'variant' must be"),
     ("importance", "model", "gpt", "'model' must be"),
+    ("importance", "recovery_epochs", 1, "unknown setting 'recovery_epochs'"),  # the budget's role
     ("magnitude", "criterion", "snip", "'criterion' must be one of"),
     ("magnitude", "scope", "net", "'scope' must be one of"),
     ("magnitude", "schedule", "cyclic", "'schedule' must be one of"),
@@ -283,6 +310,11 @@ _BAD = [(method, "bogus", 1, "unknown setting 'bogus'") for method in sorted(TIN
      "finetune_epochs = 3)"),
     ("magnitude", "prune_start_epoch", 3, "'prune_start_epoch' = 3 must be in"),
     ("magnitude", "initial_sparsity", 0.95, "'initial_sparsity' = 0.95 must be <= 'target_sparsity'"),
+    ("control", "shuffle", "yes", "'shuffle' must be bool"),
+    ("control", "shuffle", True, "'shuffle' = True needs 'masks'"),
+    ("control", "widths", "head.0=x", "setting 'widths' must be comma-separated LAYER=WIDTH"),
+    ("control", "model", "alexnet", "'model' must be one of"),
+    ("control", "optimizer", "rmsprop", "'optimizer' must be one of"),
 ]
 BAD_SETTINGS = [pytest.param(m, {k: v}, message, id=f"{m}-{k}") for m, k, v, message in _BAD]
 
@@ -304,8 +336,9 @@ def test_an_unknown_method_is_a_one_line_error():
 # settings that leave no epoch: refused before anything runs (reparam needs at least one epoch)
 NO_EPOCHS = {"beta_vae": ({"epochs": 0, "head_epochs": 0, "prune_epochs": 0}, "no epoch to run"),
              "reparam": ({"epochs": 0}, "'epochs' must be in"),
-             "importance": ({"warmup_epochs": 0, "target_fraction": 0.0}, "no epoch to run"),
-             "magnitude": ({"epochs": 0}, "'epochs' must be in")}
+             "importance": ({"epochs": 0}, "'epochs' must be in"),
+             "magnitude": ({"epochs": 0}, "'epochs' must be in"),
+             "control": ({"epochs": 0}, "'epochs' must be in")}
 
 
 @pytest.mark.parametrize("method", sorted(NO_EPOCHS))
@@ -338,7 +371,7 @@ def test_channels_last_keeps_the_optimizers_parameters_and_the_outputs(method, m
     from study.data import batches
     from study.trainable import setup, to_channels_last
 
-    overrides = {"model": "conv4"} if method in ("reparam", "magnitude") else {}
+    overrides = {"model": "conv4"} if method in ("reparam", "magnitude", "control") else {}
     _, data, m, _ = setup(tiny(method, **overrides), mnist_small)
     held = [id(p) for group in m.optimizer.param_groups for p in group["params"]]
     x = next(batches(data.val_x, data.val_y, 16))[0]

@@ -115,8 +115,9 @@ def test_the_commands_say_what_they_left_out_and_draw_it_apart(study, tmp_path, 
 
 # --- the default reparam space: h_t away from 0 at initialization (no training) ---
 
-SUPPORTED = [("lenet300", (1, 28, 28)), ("conv4", (1, 28, 28)), ("conv4", (3, 32, 32)),
-             ("vgg19", (3, 32, 32)), ("resnet18", (3, 32, 32))]
+SUPPORTED = [("lenet300", (1, 28, 28)), ("mlp50_30", (1, 28, 28)), ("conv4", (1, 28, 28)),
+             ("conv4", (3, 32, 32)), ("reddy_cnn", (3, 32, 32)), ("vgg19", (3, 32, 32)),
+             ("resnet18", (3, 32, 32)), ("bvae_cnn", (1, 28, 28))]
 
 
 def _abs_weights(name: str, shape: tuple[int, int, int]) -> list[torch.Tensor]:

@@ -16,12 +16,12 @@ from study.methods.importance import (
     contribution_ratios,
     measuring,
     planned_widths,
-    prunable_layers,
-    remove_neurons,
 )
 from study.models import build_model
+from study.pruning import hidden_layers, remove_neurons, resize_hidden
+from study.spaces import load_space
 from study.sparsity import DenseReference, size_metrics
-from study.trainable import train_epoch
+from study.trainable import parse_config, train, train_epoch
 from tests.conftest import run_recorded
 
 MNIST_INFO = DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,))
@@ -29,11 +29,11 @@ CPU = torch.device("cpu")
 
 
 def tiny(**overrides):
-    """An importance trial of seconds: 1 warm-up epoch, 2 rounds (30% then 50%) of 1 + 1 epochs
-    (its resume, determinism and bad settings: test_contracts, with every method's)."""
+    """An importance trial of seconds: 5 epochs, 1 warm-up epoch and 2 rounds (30% then 50%) of
+    1 + 1 epochs (its resume, determinism and bad settings: test_contracts, with every method's)."""
     config = {"method": "importance", "dataset": "mnist", "train_subset": 512, "batch_size": 64,
-              "warmup_epochs": 1, "prune_fraction": 0.3, "target_fraction": 0.5,
-              "recovery_epochs": 1, "seed": 0}
+              "epochs": 5, "warmup_epochs": 1, "prune_fraction": 0.3, "target_fraction": 0.5,
+              "seed": 0}
     config.update(overrides)
     return config
 
@@ -137,18 +137,73 @@ def test_each_round_removes_p_of_the_remaining_neurons_and_the_last_hits_the_tar
         assert b == max(keep, a - max(1, round(p * a)))
 
 
-def test_the_schedule_is_warmup_then_rounds_of_one_removal_epoch_and_the_recovery():
-    method = Importance(ImportanceConfig(warmup_epochs=3, prune_fraction=0.5, target_fraction=0.8,
-                                         recovery_epochs=2), MNIST_INFO, CPU)
+@pytest.mark.parametrize("epochs, rounds", [
+    (12, [3, 3, 3]),  # 12 - 3 warm-up - 3 removal epochs = 6 recovery epochs: 2 per round
+    (13, [3, 3, 4]),  # 7: 2 per round, and the last round one more
+    (14, [3, 4, 4]),  # 8: the last two rounds one more
+    (6, [1, 1, 1]),  # warm-up and removals fill the budget: no recovery
+])
+def test_the_budget_is_warmup_then_rounds_of_a_removal_epoch_and_an_even_share_of_the_rest(epochs,
+                                                                                           rounds):
+    method = Importance(ImportanceConfig(epochs=epochs, warmup_epochs=3, prune_fraction=0.5,
+                                         target_fraction=0.8), MNIST_INFO, CPU)
     # head.0: 50, 25, 13, 10 (keep 10); head.2: 30, 15, 7, 6 (keep 6): three rounds
     assert method.plan == {"head.0": [50, 25, 13, 10], "head.2": [30, 15, 7, 6]}
-    assert method.schedule() == [("warmup", 3), ("round1", 3), ("round2", 3), ("round3", 3)]
+    assert method.schedule() == [("warmup", 3), *((f"round{r}", n) for r, n in enumerate(rounds, 1))]
+    assert sum(n for _, n in method.schedule()) == epochs
+
+
+def test_the_defaults_recover_two_epochs_after_each_of_their_eleven_rounds_and_no_round_trains_plain():
+    method = Importance(ImportanceConfig(), MNIST_INFO, CPU)
+    assert method.rounds == 11
+    assert method.schedule() == [("warmup", 2)] + [(f"round{r}", 3) for r in range(1, 12)]
     # a layer that reaches its target first stops shrinking while the other goes on
     method = Importance(ImportanceConfig(prune_fraction=0.2, target_fraction=0.68), MNIST_INFO, CPU)
     assert method.rounds == 6 and len(method.plan["head.2"]) == 6  # head.2 is done after round 5
     method._remove(6, {"head.0": _meter([1.0] * 50), "head.2": _meter([1.0] * 30)})
     assert method.widths() == {"head.0": 16, "head.2": 10}
-    assert Importance(ImportanceConfig(target_fraction=0.0), MNIST_INFO, CPU).schedule() == [("warmup", 2)]
+    assert Importance(ImportanceConfig(target_fraction=0.0, epochs=7), MNIST_INFO,
+                      CPU).schedule() == [("warmup", 7)]
+
+
+def test_a_schedule_that_exceeds_the_budget_is_a_one_line_error_naming_the_numbers(mnist_small):
+    config = tiny(epochs=6, warmup_epochs=2, prune_fraction=0.2, target_fraction=0.9)
+    reports = []
+    with pytest.raises(ConfigError) as e:  # 50: 11 rounds to keep 5; 30: 9 rounds to keep 3
+        train(config, mnist_small, lambda m, d: reports.append(m))
+    assert str(e.value) == ("importance: warmup_epochs 2 + 11 rounds (prune_fraction 0.2 to "
+                            "target_fraction 0.9 on mlp50_30) = 13 epochs exceed setting 'epochs' = 6")
+    assert reports == []  # refused before anything ran
+    with pytest.raises(ConfigError, match="warmup_epochs 7 \\+ 0 rounds"):
+        Importance(ImportanceConfig(epochs=6, warmup_epochs=7, target_fraction=0.0), MNIST_INFO, CPU)
+
+
+def test_every_trial_of_the_default_space_fits_its_budget():
+    """The rounds are most at the smallest prune_fraction and the largest target_fraction (a
+    smaller keep only prolongs the same widths); between the points where some round(p * w) flips
+    (p = (k + 1/2) / w, w up to the layer's width) they are constant, so those points, either side
+    of them, and the ends cover every prune_fraction the sampler can draw."""
+    space = load_space("importance")
+    fixed = {**vars(ImportanceConfig()), **space.fixed}
+    low, high = space.search["prune_fraction"].low, space.search["prune_fraction"].high
+    target = space.search["target_fraction"].high
+    model = build_model(fixed["model"], (1, 28, 28), 10, (0.5,), (0.25,))
+    widths = [model.head[i].out_features for _, i, _ in hidden_layers(model.head)]
+    points = {low, high} | {(k + 0.5) / w + d for w in range(1, max(widths) + 1) for k in range(w)
+                            for d in (-1e-9, 0.0, 1e-9)}
+    most = max(len(planned_widths(n, p, target)) - 1 for n in widths for p in points if low <= p <= high)
+    assert most == 8
+    assert fixed["warmup_epochs"] + most <= fixed["epochs"]  # the yaml's arithmetic
+
+
+@pytest.mark.parametrize("fractions, rounds", [((0.3, 0.5), 2), ((0.5, 0.5), 1), ((0.5, 0.0), 0)])
+def test_trials_of_different_fractions_all_train_the_budget(mnist_small, fractions, rounds):
+    p, t = fractions
+    reports, _ = run_recorded(tiny(train_subset=128, prune_fraction=p, target_fraction=t),
+                              mnist_small)
+    assert [m["total_epochs"] for m in reports] == [5] * 5  # the same total, whatever the rounds
+    assert sum(m["importance/just_pruned"] for m in reports) == rounds
+    assert reports[-1]["importance/round"] == rounds
 
 
 # --- removal -------------------------------------------------------------------------------------
@@ -247,6 +302,9 @@ def test_the_optimizer_state_of_surviving_parameters_is_carried_sliced(mnist, op
 @pytest.mark.parametrize("model, input_shape, widths", [
     ("reddy_cnn", (3, 32, 32), {"head.0": 512, "head.2": 256, "head.4": 128}),
     ("lenet300", (1, 28, 28), {"head.0": 150, "head.2": 50}),
+    ("conv4", (1, 28, 28), {"head.0": 128, "head.2": 128}),
+    # the encoder's dense layer, then the posterior mean (no ReLU between it and the classifier)
+    ("bvae_cnn", (1, 28, 28), {"head.0": 8, "head.2": 8}),
 ])
 def test_other_models_with_hidden_head_layers_are_measured_and_shrink(model, input_shape, widths):
     torch.manual_seed(0)
@@ -256,18 +314,32 @@ def test_other_models_with_hidden_head_layers_are_measured_and_shrink(model, inp
     with measuring(method.model.head, 1e-12, chunk_elements=1 << 20) as meters:  # chunks of 1 sample
         method.model(x)
     assert all(m.pairs == 3 * method.model.head[j].out_features
-               for (name, _, j), m in zip(prunable_layers(method.model.head), meters.values(), strict=True))
+               for (name, _, j), m in zip(hidden_layers(method.model.head), meters.values(), strict=True))
     method._remove(1, meters)
     assert method.widths() == widths
     assert method.model(x).shape == (3, 10)
-    features_in = method.model.head[0].in_features
-    assert features_in == (2048 if model == "reddy_cnn" else 784)  # the head's input is never pruned
+    dense = build_model(model, input_shape, 10, info.mean, info.std)
+    assert method.model.head[0].in_features == dense.head[0].in_features  # its input is never pruned
 
 
-def test_models_without_hidden_head_layers_are_refused():  # bad settings: test_contracts
-    with pytest.raises(ConfigError, match="'vgg19' has no hidden linear layer"):
-        Importance(ImportanceConfig(model="vgg19"), DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3),
-                   CPU)
+def test_models_without_hidden_head_layers_are_not_among_its_choices():  # supported: test_models
+    for model in ("vgg19", "resnet18"):
+        with pytest.raises(ConfigError, match="'model' must be one of"):
+            parse_config(tiny(model=model))
+
+
+def test_resize_hidden_gives_the_shapes_a_pruned_state_loads_into():
+    torch.manual_seed(0)
+    pruned = build_model("mlp50_30", (1, 28, 28), 10, (0.1,), (0.3,))
+    remove_neurons(pruned.head, 0, torch.arange(0, 50, 2))
+    remove_neurons(pruned.head, 2, torch.arange(12))
+    dense = build_model("mlp50_30", (1, 28, 28), 10, (0.1,), (0.3,))
+    state = torch.get_rng_state()
+    resize_hidden(dense.head, {"head.0": 25, "head.2": 12})
+    assert torch.equal(torch.get_rng_state(), state)  # it draws no random numbers
+    dense.load_state_dict(pruned.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(dense(x), pruned(x))
 
 
 # --- through the trainable -------------------------------------------------------------------
@@ -301,6 +373,7 @@ def test_a_trial_reports_widths_every_epoch_and_marks_the_removal_epochs(mnist_s
     assert [m["phase"] for m in reports] == ["warmup", "round1", "round1", "round2", "round2"]
     assert [m["importance/just_pruned"] for m in reports] == [0, 1, 0, 1, 0]
     assert [m["importance/recovered"] for m in reports] == [0, 0, 1, 0, 1]
+    assert [m["total_epochs"] for m in reports] == [5] * 5
     assert [m["importance/neurons/head.0"] for m in reports] == [50, 35, 35, 25, 25]
     assert [m["importance/neurons/head.2"] for m in reports] == [30, 21, 21, 15, 15]
     params = [m["params"] for m in reports]
@@ -312,3 +385,11 @@ def test_a_trial_reports_widths_every_epoch_and_marks_the_removal_epochs(mnist_s
     assert before == [False, True, False, True, False]
     assert "test_accuracy" in reports[-1] and "test_accuracy" not in reports[-2]
     assert states[1]["method"]["widths"] == {"head.0": 35, "head.2": 21}
+
+
+def test_a_round_without_recovery_epochs_is_both_just_pruned_and_recovered(mnist_small):
+    # 4 epochs: 1 warm-up, 2 removal epochs, 1 recovery epoch, which goes to the last round
+    reports, _ = run_recorded(tiny(epochs=4, train_subset=128), mnist_small)
+    assert [m["phase"] for m in reports] == ["warmup", "round1", "round2", "round2"]
+    assert [m["importance/just_pruned"] for m in reports] == [0, 1, 1, 0]
+    assert [m["importance/recovered"] for m in reports] == [0, 1, 0, 1]

@@ -81,7 +81,7 @@ def test_dupont2021_accuracy_before_pruning_is_that_of_the_weights_kept_before_i
 @pytest.mark.parametrize("variant", ["rank", "random"])
 def test_reddy_widths_are_the_restored_networks_and_reach_the_planned_widths(mnist_small, variant):
     config = {"method": "importance", "dataset": "mnist", "model": "mlp50_30", "variant": variant,
-              "target_fraction": 0.5, "prune_fraction": 0.3, "warmup_epochs": 1, "recovery_epochs": 1,
+              "target_fraction": 0.5, "prune_fraction": 0.3, "warmup_epochs": 1, "epochs": 5,
               "seed": 0, "train_subset": 128, "batch_size": 64, "degenerate_epochs": 0}
     original = hidden_neurons(mnist_small)
     assert original == 50 + 30

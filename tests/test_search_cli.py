@@ -65,8 +65,8 @@ EXPECT = {
         "final_state": lambda state: state["method"]["stage"] == "pruned",
     },
     "importance": {
-        "searched": {"lambda1", "lambda2", "lr"}, "exactly": False, "fixed": {"recovery_epochs"},
-        "config": {"recovery_epochs": 0}, "epochs": [1, 2], "first_keys": set(), "every_keys": set(),
+        "searched": {"lambda1", "lambda2", "lr"}, "exactly": False, "fixed": {"epochs"},
+        "config": {"epochs": 2}, "epochs": [1, 2], "first_keys": set(), "every_keys": set(),
         "run": _importance_run,
         "final_state": lambda state: state["method"]["widths"] == {"head.0": 25, "head.2": 15},
     },
@@ -76,6 +76,13 @@ EXPECT = {
         "every_keys": {"magnitude/target_sparsity_now", "magnitude/kept/head.0", "val_accuracy",
                        "sparsity"},
         "run": _magnitude_run,
+        "final_state": lambda state: state["method"]["stage"] == "final",
+    },
+    "control": {  # its search space: the dense network, no mask (the dense reference of a budget)
+        "searched": {"lr"}, "exactly": True, "fixed": set(),
+        "config": {"masks": "", "shuffle": False, "widths": "", "epochs": 2}, "epochs": [1, 2],
+        "first_keys": set(), "every_keys": {"control/kept/head.0", "val_accuracy", "sparsity"},
+        "run": None,
         "final_state": lambda state: state["method"]["stage"] == "final",
     },
 }

@@ -3,16 +3,18 @@
 `register` checks a method's declaration when the package is imported, so a method that leaves
 something out fails there, with a message saying what to add, not in the middle of a study. What
 the harness derives from the declaration: the metric prefixes `--constraint` accepts
-(`metric_prefixes`), the settings fronts are grouped by (`architecture`, `variant_settings`), the networks laid out on
-the device (`networks()`) and MO-ASHA's rung probe (`probe_model()`).
+(`metric_prefixes`), the settings fronts are grouped by (`architecture`, `variant_settings`), the
+networks laid out on the device (`networks()`), MO-ASHA's rung probe (`probe_model()`) and the
+networks each method runs on (`supported_models`: its architecture setting's choices).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from study.config import TrialConfig
+from study.config import TrialConfig, fields
 from study.methods.base import Method
 from study.methods.beta_vae import BetaVAE
+from study.methods.control import Control
 from study.methods.importance import Importance
 from study.methods.magnitude import Magnitude
 from study.methods.reparam import Reparam
@@ -89,7 +91,15 @@ def metric_prefixes() -> tuple[str, ...]:
     return tuple(cls.metric_prefix for cls in METHODS.values())
 
 
+def supported_models() -> dict[str, list[str]]:
+    """method -> the models it runs on, in registration order: the choices of the setting its
+    `architecture` names (README's "Which method runs on which network" table is this)."""
+    return {name: list(fields(cls.Config)[cls.architecture].metadata["choices"])
+            for name, cls in METHODS.items()}
+
+
 register(BetaVAE, "beta_vae")
 register(Importance, "importance")
 register(Reparam, "reparam")
 register(Magnitude, "magnitude")
+register(Control, "control")

@@ -35,7 +35,9 @@ RECON_SAMPLES = 2000
 class BetaVAEConfig:
     model: str = setting("bvae_cnn", "architecture of the inference network: shneider2023's "
                          "encoder (2 convs, a dense layer) -> posterior mean -> head; the VAE "
-                         "variant trains it with a decoder beside, the cnn variant without",
+                         "variant trains it with a decoder beside, the cnn variant without. "
+                         "study.models' bvae_cnn, the same network for the other methods, is it at "
+                         "the default latent_dim and encoder_hidden: other values change the network",
                          choices=("bvae_cnn",))
     variant: str = setting("vae", "vae: Beta-VAE-Classif; cnn: the CNN-Classif baseline",
                            choices=("vae", "cnn"))

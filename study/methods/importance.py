@@ -1,17 +1,26 @@
 """importance: neural importance-based train-time pruning with real neuron removal (reddy, Alg. 1).
 
 Neurons are the outputs of the hidden Linear layers of a model's head (every head Linear but the
-last; the first one's *input*, e.g. conv features, is never pruned). Schedule:
+last; the first one's *input*, e.g. conv features, is never pruned), so it runs on every model
+whose head has them (`FITTING_MODELS`). Schedule, within a total budget of `epochs`:
 
-    warmup (warmup_epochs)       plain training ("until the network attains initial maturity")
-    round1 (1 + recovery_epochs) epoch 1 trains while measuring every sample's contributions
-                                 (Alg. 1 steps 2-8), then ranks and removes the bottom neurons of
-                                 each layer (steps 9-18); the other epochs recover (step 20)
-    round2 ... roundR            the same, until `target_fraction` of each layer's neurons is gone
+    warmup (warmup_epochs)  plain training ("until the network attains initial maturity")
+    round1 (1 + recovery)   epoch 1 trains while measuring every sample's contributions
+                            (Alg. 1 steps 2-8), then ranks and removes the bottom neurons of each
+                            layer (steps 9-18); the other epochs recover (step 20)
+    round2 ... roundR       the same, until `target_fraction` of each layer's neurons is gone
 
-so a round's first epoch reports the accuracy just after its removal (`importance/just_pruned` = 1,
+The budget: the R rounds follow from prune_fraction and target_fraction (below), and the
+epochs - warmup_epochs - R epochs left recover. Alg. 1 recovers after every removal (step 20 is
+inside the loop), so they are spread over the rounds: each round recovers
+(epochs - warmup_epochs - R) // R epochs, and the last (epochs - warmup_epochs - R) % R rounds
+one more (the later rounds cut a thinner network). Every trial of a study thus trains exactly
+`epochs` epochs, whatever its fractions; a schedule that does not fit is a ConfigError. Without a
+round (target_fraction 0) all `epochs` train plain (warmup).
+
+A round's first epoch reports the accuracy just after its removal (`importance/just_pruned` = 1,
 with `importance/val_accuracy_before_pruning` beside it) and its last epoch the accuracy after its
-recovery (`importance/recovered` = 1; both flags at once when recovery_epochs = 0).
+recovery (`importance/recovered` = 1; both flags at once in a round without recovery epochs).
 
 Widths: each round removes round(p * w) of a layer's w remaining neurons (p = prune_fraction; at
 least 1), never going below keep = max(1, n0 - round(t * n0)) of its n0 original neurons
@@ -20,15 +29,16 @@ neurons and the last lands on the target (layers that get there first stop shrin
 round (halves to even) throughout. Variant `random` (the paper's Fig. 1 baseline) removes as many
 neurons, chosen uniformly at random, and measures nothing.
 
-Removal is real: the layer and the next one are rebuilt smaller with the surviving weights copied,
-the optimizer is rebuilt and its per-parameter state (Adam's moments, SGD's momentum) sliced the
-same way, so parameter and FLOP counts fall; checkpoints record the widths and restore rebuilds the
-shapes before loading tensors.
+Removal is real (study.pruning.remove_neurons): the layer and the next one are rebuilt smaller
+with the surviving weights copied, the optimizer is rebuilt and its per-parameter state (Adam's
+moments, SGD's momentum) sliced the same way, so parameter and FLOP counts fall; checkpoints
+record the widths and restore rebuilds the shapes (study.pruning.resize_hidden) before loading
+tensors.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +51,25 @@ from study.config import ConfigError, setting
 from study.methods.base import DataInfo, EpochEnd
 from study.metrics import accuracy
 from study.models import MODELS, build_model
+from study.pruning import OptimizerState, hidden_layers, remove_neurons, resize_hidden
 
 # Elements of one chunk of the (samples x next neurons x neurons) ratio tensor: 2^24 floats = 64 MiB.
 # The MLP 784-50-30-10 fits a whole batch (128 x 30 x 50); the CIFAR CNN's 2048 -> 1024 layer
 # (2M ratios per sample) is measured 8 samples at a time.
 CHUNK_ELEMENTS = 1 << 24
+
+
+def _has_hidden_layers(model: str) -> bool:
+    """Whether the model's head has a hidden Linear layer, i.e. neurons to remove: built on the
+    meta device (no memory, no random numbers drawn), at a 32x32 colour input every model takes
+    (which layers a head has does not depend on the input)."""
+    with torch.device("meta"):
+        net = MODELS[model]((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)
+    return bool(hidden_layers(net.head))
+
+
+# the models it runs on, read from the models themselves
+FITTING_MODELS = tuple(name for name in MODELS if _has_hidden_layers(name))
 
 
 @dataclass(frozen=True)
@@ -55,11 +79,16 @@ class ImportanceConfig:
                            choices=("rank", "random"))
     model: str = setting("mlp50_30", "architecture (study.models); any whose head has hidden linear "
                          "layers; the paper's: mlp50_30 (MNIST), reddy_cnn (CIFAR)",
-                         choices=tuple(MODELS))
+                         choices=FITTING_MODELS)
     lambda1: float = setting(0.5, "weight of C_avg (Eq. 1); the paper's balanced start is 0.5",
                              low=0.0, high=1.0)
     lambda2: float = setting(0.5, "weight of C_max (Eq. 2); the paper's balanced start is 0.5",
                              low=0.0, high=1.0)
+    epochs: int = setting(35, "the trial's TOTAL epochs, whatever its fractions (fronts compare equal "
+                          "budgets): warmup_epochs, then one removal epoch per round, the rest "
+                          "recovery spread over the rounds; must cover warmup_epochs + rounds. The "
+                          "paper gives none; 35 is 2 recovery epochs per round at the defaults",
+                          low=1)
     warmup_epochs: int = setting(2, "epochs of plain training before the first round (the paper: "
                                  "'a few iterations until initial maturity')", low=0)
     prune_fraction: float = setting(0.1, "fraction of a layer's remaining neurons removed per round "
@@ -67,7 +96,6 @@ class ImportanceConfig:
     target_fraction: float = setting(0.68, "fraction of each layer's original neurons removed by the "
                                      "last round (paper, Table 1 MNIST: 68%; 0: no pruning)",
                                      low=0.0, high=0.99)
-    recovery_epochs: int = setting(2, "training epochs after each round's removal epoch", low=0)
     lr: float = setting(1e-3, "learning rate (the paper gives none; Adam's usual 1e-3)",
                         low=1e-7, high=1.0)
     optimizer: str = setting("adam", "optimizer; its state survives removals, sliced",
@@ -127,13 +155,7 @@ class ContributionMeter:
         return lambda1 * self.c_avg() + lambda2 * self.c_max()  # the aggregate contribution
 
 
-# --- the head's prunable layers and their removal ----------------------------------------------
-
-def prunable_layers(head: nn.Sequential) -> list[tuple[str, int, int]]:
-    """(name, index, index of the next Linear) of every hidden Linear layer of the head."""
-    linear = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
-    return [(f"head.{i}", i, j) for i, j in zip(linear[:-1], linear[1:], strict=True)]
-
+# --- measuring the head's hidden layers --------------------------------------------------------
 
 @contextmanager
 def measuring(head: nn.Sequential, eps: float,
@@ -142,7 +164,7 @@ def measuring(head: nn.Sequential, eps: float,
     inside the block adds its samples' activations, with the weights of that moment."""
     meters: dict[str, ContributionMeter] = {}
     handles = []
-    for name, i, j in prunable_layers(head):
+    for name, i, j in hidden_layers(head):
         meter = ContributionMeter(head[i].out_features, eps, head[i].weight.device, chunk_elements)
         meters[name] = meter
         handles.append(head[j].register_forward_pre_hook(
@@ -152,50 +174,6 @@ def measuring(head: nn.Sequential, eps: float,
     finally:
         for h in handles:
             h.remove()
-
-
-def _empty_linear(n_in: int, n_out: int, like: nn.Linear) -> nn.Linear:
-    """A Linear of the given shape on `like`'s device and dtype, uninitialized (values are copied or
-    loaded into it next; building on 'meta' draws no random numbers)."""
-    layer = nn.Linear(n_in, n_out, bias=like.bias is not None, device="meta", dtype=like.weight.dtype)
-    return layer.to_empty(device=like.weight.device)
-
-
-OptimizerState = dict[torch.Tensor, dict[str, Any]]
-
-
-def remove_neurons(head: nn.Sequential, index: int, keep: torch.Tensor,
-                   state: OptimizerState | None = None) -> None:
-    """Alg. 1 steps 17-18: rebuild head[index] with only the neurons `keep` (sorted indices) and the
-    next Linear with only their input columns, copying the surviving weights. `state` (parameter ->
-    optimizer state) is re-keyed to the new parameters, each tensor of a parameter's shape sliced
-    the same way (Adam's exp_avg / exp_avg_sq, SGD's momentum_buffer); others (Adam's step) kept."""
-    nxt = next(j for j, m in enumerate(head) if j > index and isinstance(m, nn.Linear))
-    layer, after = head[index], head[nxt]
-    new_layer = _empty_linear(layer.in_features, len(keep), layer)
-    new_after = _empty_linear(len(keep), after.out_features, after)
-    keep = keep.to(layer.weight.device)
-    rows: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[keep]  # noqa: E731
-    cols: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[:, keep]  # noqa: E731
-    pairs = [(layer.weight, new_layer.weight, rows), (layer.bias, new_layer.bias, rows),
-             (after.weight, new_after.weight, cols), (after.bias, new_after.bias, lambda t: t)]
-    with torch.no_grad():
-        for old, new, cut in pairs:
-            if old is None:
-                continue
-            new.copy_(cut(old))
-            if state is not None and old in state:
-                state[new] = {k: cut(v).clone() if torch.is_tensor(v) and v.shape == old.shape else v
-                              for k, v in state.pop(old).items()}
-    head[index], head[nxt] = new_layer, new_after
-
-
-def resize(head: nn.Sequential, widths: dict[str, int]) -> None:
-    """Give the prunable layers these widths (uninitialized): the shapes a checkpoint's tensors
-    need before they are loaded."""
-    for name, i, j in prunable_layers(head):
-        head[i] = _empty_linear(head[i].in_features, widths[name], head[i])
-        head[j] = _empty_linear(widths[name], head[j].out_features, head[j])
 
 
 # --- the schedule's arithmetic ---------------------------------------------------------------
@@ -223,26 +201,33 @@ class Importance:
         self.device = device
         self.model = build_model(config.model, data.input_shape, data.num_classes, data.mean,
                                  data.std).to(device)
-        layers = prunable_layers(self.model.head)
-        if not layers:
-            raise ConfigError(f"setting 'model' {config.model!r} has no hidden linear layer in its "
-                              "head to remove neurons from")
-        self.original = {name: self.model.head[i].out_features for name, i, _ in layers}
+        self.original = {name: self.model.head[i].out_features
+                         for name, i, _ in hidden_layers(self.model.head)}
         self.plan = {name: planned_widths(n, config.prune_fraction, config.target_fraction)
                      for name, n in self.original.items()}
         self.rounds = max(len(widths) - 1 for widths in self.plan.values())  # until all hit keep
+        needed = config.warmup_epochs + self.rounds
+        if needed > config.epochs:
+            raise ConfigError(f"importance: warmup_epochs {config.warmup_epochs} + {self.rounds} "
+                              f"rounds (prune_fraction {config.prune_fraction} to target_fraction "
+                              f"{config.target_fraction} on {config.model}) = {needed} epochs exceed "
+                              f"setting 'epochs' = {config.epochs}")
         self.rounds_done = 0
         self.optimizer = self._new_optimizer()
         self._round = 0  # set by begin_epoch on a round's first epoch: it measures, then removes
         self._measuring = ExitStack()  # the measuring hooks, while such an epoch trains
         self._meters: dict[str, ContributionMeter] = {}
         self._just_pruned = False
-        self._since_removal = -1  # training epochs since the last removal (-1: none yet)
         self._unpruned: nn.Module | None = None  # the model just before this epoch's removal
 
     def schedule(self) -> list[tuple[str, int]]:
+        """`epochs` in all: the warm-up, then each round's removal epoch and its share of the
+        recovery epochs left (the module docstring's rule; Alg. 1 step 20 after every removal)."""
+        if not self.rounds:
+            return [("warmup", self.cfg.epochs)]
+        recovery, extra = divmod(self.cfg.epochs - self.cfg.warmup_epochs - self.rounds, self.rounds)
         return [("warmup", self.cfg.warmup_epochs)] + [
-            (f"round{r}", 1 + self.cfg.recovery_epochs) for r in range(1, self.rounds + 1)]
+            (f"round{r}", 1 + recovery + (r > self.rounds - extra)) for r in range(1, self.rounds + 1)]
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "sgd":
@@ -250,7 +235,7 @@ class Importance:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
 
     def widths(self) -> dict[str, int]:
-        return {name: self.model.head[i].out_features for name, i, _ in prunable_layers(self.model.head)}
+        return {name: self.model.head[i].out_features for name, i, _ in hidden_layers(self.model.head)}
 
     def begin_epoch(self, phase: str, first: bool) -> bool:
         """A round's first epoch measures every sample's contributions while it trains."""
@@ -269,7 +254,6 @@ class Importance:
         self._measuring.close()
         if self._round:
             self._remove(self._round, self._meters)
-        self._since_removal = 0 if self._round else self._since_removal + (self._since_removal >= 0)
         self._round, self._meters = 0, {}
         return {}
 
@@ -281,7 +265,7 @@ class Importance:
         state: OptimizerState = dict(self.optimizer.state)
         # every layer's choice comes from the same measuring epoch, taken before any rebuild
         keeps = {}
-        for name, i, _ in prunable_layers(head):
+        for name, i, _ in hidden_layers(head):
             width = head[i].out_features
             target = self.plan[name][min(rnd, len(self.plan[name]) - 1)]
             if target >= width:
@@ -292,7 +276,7 @@ class Importance:
             else:
                 order = torch.randperm(width)
             keeps[i] = order[:target].sort().values
-        for i, keep in keeps.items():
+        for i, keep in keeps.items():  # Alg. 1 steps 17-18: the smaller layers, surviving weights
             remove_neurons(head, i, keep, state)
         self.optimizer = self._new_optimizer()
         for p in self.model.parameters():
@@ -319,7 +303,8 @@ class Importance:
         out["importance/neurons_removed"] = 1 - sum(widths.values()) / sum(self.original.values())
         out["importance/round"] = self.rounds_done
         out["importance/just_pruned"] = float(self._just_pruned)
-        out["importance/recovered"] = float(self._since_removal == self.cfg.recovery_epochs)
+        # a round's last epoch: the one before the next removal, or the trial's last
+        out["importance/recovered"] = float(end.phase_end and end.phase.startswith("round"))
         if self._unpruned is not None:  # the same evaluation as val_accuracy, before the removal
             out["importance/val_accuracy_before_pruning"] = accuracy(self._unpruned, end.x, end.y,
                                                                         end.eval_batch_size)
@@ -328,13 +313,12 @@ class Importance:
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "widths": self.widths(), "rounds_done": self.rounds_done,
-                "since_removal": self._since_removal}
+                "widths": self.widths(), "rounds_done": self.rounds_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        resize(self.model.head, state["widths"])  # shapes first, then the tensors
+        resize_hidden(self.model.head, state["widths"])  # shapes first, then the tensors
         self.model.load_state_dict(state["model"])
         self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rounds_done, self._since_removal = state["rounds_done"], state["since_removal"]
+        self.rounds_done = state["rounds_done"]
         self._round, self._just_pruned, self._unpruned = 0, False, None

@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 from study.config import setting
 from study.methods.base import DataInfo, EpochEnd
 from study.metrics import accuracy
-from study.models import build_model
+from study.models import MODELS, build_model
 from study.pruning import (
     apply_masks,
     kept_per_layer,
@@ -63,9 +63,10 @@ class ReparamConfig:
     variant: str = setting("reparam", "reparam: the paper's method; mag: magnitude pruning without "
                            "fine-tuning; mag_ft: magnitude pruning + fine-tuning (masks held)",
                            choices=("reparam", "mag", "mag_ft"))
-    model: str = setting("conv4", "architecture (study.models): conv4 (paper, 28x28 and 32x32 "
-                         "forms), vgg19, resnet18 (CIFAR forms), lenet300 (LeNet-300-100)",
-                         choices=("conv4", "vgg19", "resnet18", "lenet300"))
+    model: str = setting("conv4", "architecture (study.models): any, every conv and linear weight "
+                         "is reparametrized; the paper's conv4 (28x28 and 32x32 forms), vgg19, "
+                         "resnet18 (CIFAR forms), and lenet300 (LeNet-300-100)",
+                         choices=tuple(MODELS))
     pruning_rate: float = setting(0.9, "target fraction p of conv/linear weights pruned; the "
                                   "budget is C_target = (1 - p) * C_initial", low=0.0, high=0.999)
     budget_lambda: float = setting(5.0, "lambda of Eq. 8, weight of the budget loss (paper: 5)",
