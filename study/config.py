@@ -25,10 +25,17 @@ class ConfigError(ValueError):
 RENAMED = {"sparsity": "layer_sparsity"}
 
 
+# settings whose role another took, so configs of older studies (exports, re-runs) say what to set
+REPLACED = {"recovery_epochs": "importance's 'epochs' is now the trial's total budget: the rounds "
+                               "fit inside it and the rest is recovery, spread over the rounds"}
+
+
 def check_not_renamed(key: str) -> None:
     if key in RENAMED:
         raise ConfigError(f"setting {key!r} is now {RENAMED[key]!r} ({key!r} is the metric "
                           f"measured on the whole model)")
+    if key in REPLACED:
+        raise ConfigError(f"setting {key!r} is gone: {REPLACED[key]}")
 
 
 def setting(default: Any, help: str, low: float | None = None, high: float | None = None,

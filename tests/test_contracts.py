@@ -297,7 +297,8 @@ _BAD = [(method, "bogus", 1, "unknown setting 'bogus'") for method in sorted(TIN
     ("importance", "prune_fraction", 0.0, "'prune_fraction' must be"),
     ("importance", "variant", "magnitude", "'variant' must be"),
     ("importance", "model", "gpt", "'model' must be"),
-    ("importance", "recovery_epochs", 1, "unknown setting 'recovery_epochs'"),  # the budget's role
+    ("importance", "recovery_epochs", 1, "setting 'recovery_epochs' is gone: importance's 'epochs' is "
+     "now the trial's total budget"),  # an older study's config says what to set
     ("magnitude", "criterion", "snip", "'criterion' must be one of"),
     ("magnitude", "scope", "net", "'scope' must be one of"),
     ("magnitude", "schedule", "cyclic", "'schedule' must be one of"),

@@ -71,7 +71,7 @@ EXPECT = {
         "final_state": lambda state: state["method"]["widths"] == {"head.0": 25, "head.2": 15},
     },
     "magnitude": {
-        "searched": {"scope", "target_sparsity", "lr"}, "exactly": True, "fixed": {"schedule"},
+        "searched": {"target_sparsity", "lr"}, "exactly": True, "fixed": {"schedule"},
         "config": {"schedule": "gradual", "epochs": 3}, "epochs": [1, 2, 3], "first_keys": set(),
         "every_keys": {"magnitude/target_sparsity_now", "magnitude/kept/head.0", "val_accuracy",
                        "sparsity"},
