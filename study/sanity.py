@@ -5,9 +5,15 @@ A pruning method's result means something only if it beats what its mask alone, 
 sizes alone, give. For each pruned trial, its final network is read through its method's own API
 (study.trainable.restore_method, then `inference_model()`), its kept weights counted from the
 effective tensors (nonzero), and controls are trained from scratch by the `control` method
-(study/methods/control.py) for the trial's whole epoch budget (its reported `total_epochs`), with
-seeds trial seed + 1, ..., + N, all in one Ray run (study.rerun):
+(study/methods/control.py) for the trial's scheduled epoch budget (its reported `total_epochs`:
+the whole schedule, also where the trial stopped early, as reparam's early stopping may: the budget
+is the schedule), with seeds trial seed + 1, ..., + N. Beside them the trial's own config is
+trained again (`method`: its method's own procedure, schedule and settings) with the same seeds,
+so that each control is compared with the method seed by seed; the trial itself is not compared
+(the front selected it for its luck). All of it is one Ray run (study.rerun):
 
+  method       the trial's config as it ran, with the controls' seeds (as analysis/robust.py's
+               new seeds: trial seed + k), ending early by its own rules as the trial could
   shuffle      (a) Frankle et al. 2021's layerwise shuffle: the trial's final mask permuted within
                each layer (exactly its kept count per layer), fresh weights
   reinit       (b) Frankle et al. 2021's reinitialize: the trial's final mask, fresh weights
@@ -28,7 +34,8 @@ only ever used shuffled. On a multi-node cluster OUT must be on storage every no
 Optimizer rule: the control takes the trial's `lr`, `momentum` and `weight_decay` where its method
 has those settings, and its `optimizer` setting where it has one; else SGD when the method has a
 `momentum` setting (reparam), else Adam (beta_vae). The rate is constant: schedules (reparam's
-reduce-on-plateau and early stopping, beta_vae's fresh Adam per phase) are not carried over.
+reduce-on-plateau and early stopping, beta_vae's fresh Adam per phase) are not carried over: an
+asymmetry in the method's favour (its `method` runs keep them), which `prunestudy sanity` states.
 Controls never end early (`degenerate_epochs` = 0): a mask that cannot learn is a result, measured.
 """
 from __future__ import annotations
@@ -53,6 +60,7 @@ from study.rerun import rerun
 from study.trainable import load_state, parse_config, restore_method
 
 SHUFFLE, REINIT, SMALL_DENSE = "shuffle", "reinit", "small_dense"
+METHOD = "method"  # the trial's own config trained again with the controls' seeds
 # trial settings the controls keep (the run's data, batches, device); the seed is new, and
 # controls never end early or report rungs
 KEPT_TRIAL_SETTINGS = tuple(k for k in cfgmod.fields(TrialConfig)
@@ -80,12 +88,13 @@ class Pruned:
 
 @dataclass(frozen=True)
 class ControlRun:
-    """One control of one pruned trial, with one seed, and its last report."""
+    """One control of one pruned trial, or the trial's own config again (METHOD), with one seed,
+    and its last report."""
     of: int  # index of the pruned trial in run_controls' `trials`
-    control: str  # SHUFFLE, REINIT or SMALL_DENSE
+    control: str  # METHOD, SHUFFLE, REINIT or SMALL_DENSE
     seed: int
     config: dict[str, Any]
-    kept: dict[str, int]  # what it must keep per layer: the pruned trial's counts
+    kept: dict[str, int]  # what a control must keep per layer: the pruned trial's counts ({}: METHOD)
     report: dict[str, Any]
 
 
@@ -172,8 +181,9 @@ def run_controls(trials: list[Path], seeds: int, out: Path, dataset: str, data_d
                  cpus: float, gpus: float, max_concurrent: int = 0,
                  address: str | None = None) -> list[ControlRun]:
     """Train the controls of each trial folder in `trials` (complete trials that ran on `dataset`)
-    with `seeds` seeds each, in one Ray run: the masks and Ray's folders (runs/) go under `out`.
-    Every trial is read, and its masks written, before anything trains (else a SanityError)."""
+    and the trial's own config again (METHOD), with the same `seeds` seeds each (trial seed + 1,
+    ..., + seeds), in one Ray run: the masks and Ray's folders (runs/) go under `out`. Every trial
+    is read, and its masks written, before anything trains (else a SanityError)."""
     data = load_dataset(dataset, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     planned: list[ControlRun] = []
@@ -181,11 +191,14 @@ def run_controls(trials: list[Path], seeds: int, out: Path, dataset: str, data_d
         pruned = read_pruned(trial_dir, data)
         masks_file = out / f"{trial_dir.parent.name}-{trial_dir.name}.pt"
         torch.save(pruned.masks, masks_file)
-        for name, settings in controls(pruned, masks_file).items():
+        # the method as it ran (no rung probes: only final metrics are read), then its controls
+        runs = {METHOD: ({**pruned.config, "rung_epochs": ""}, {}),
+                **{name: (settings, pruned.kept)
+                   for name, settings in controls(pruned, masks_file).items()}}
+        for name, (settings, kept) in runs.items():
             for k in range(1, seeds + 1):
                 seed = int(pruned.config.get("seed", 0)) + k
-                planned.append(ControlRun(index, name, seed, {**settings, "seed": seed},
-                                          pruned.kept, {}))
+                planned.append(ControlRun(index, name, seed, {**settings, "seed": seed}, kept, {}))
     reports = rerun([run.config for run in planned], dataset, data_dir, out / "runs",
                     f"sanity-{time.strftime('%Y%m%d-%H%M%S')}", cpus, gpus, max_concurrent, address)
     return [ControlRun(r.of, r.control, r.seed, r.config, r.kept, report)

@@ -81,15 +81,22 @@ def test_controls_keep_the_trials_layer_wise_densities_counted_from_their_tensor
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = {t: _final_network(layout.checkpoints(layout.trial_dir(study_dir, t))[-1], mnist)[1]
               for t in ("mag", "imp")}
-    (runs,) = [d for d in (out / "sanity-runs" / "runs").iterdir() if d.is_dir()]
+    (runs,) = [d for d in (out / "sanity-runs" / "runs").iterdir() if d.is_dir()]  # one Ray run
     controls = {}
     for _, folder in layout.trial_dirs(runs):
         config, network = _final_network(layout.checkpoints(folder)[-1], mnist)
         of = "imp" if config["model"] == "mlp50_30" else "mag"
-        kind = "small_dense" if config.get("widths") else "shuffle" if config.get("shuffle") else "reinit"
+        kind = ("method" if config["method"] != "control" else "small_dense" if config.get("widths")
+                else "shuffle" if config.get("shuffle") else "reinit")
         controls[of, kind] = (config, network)
-    assert sorted(controls) == [("imp", "shuffle"), ("imp", "small_dense"), ("mag", "reinit"),
+    assert sorted(controls) == [("imp", "method"), ("imp", "shuffle"), ("imp", "small_dense"),
+                                ("mag", "method"), ("mag", "reinit"),
                                 ("mag", "shuffle")]  # importance's reinit is its small_dense, once
+    # the trial's own config again, with the controls' seed (trial seed + 1), its own procedure
+    for of, trial in (("mag", MAGNITUDE), ("imp", IMPORTANCE)):
+        config = controls[of, "method"][0]
+        assert {k: config[k] for k in trial} == {**trial, "seed": trial["seed"] + 1}
+        assert {c["seed"] for (o, _), (c, _) in controls.items() if o == of} == {trial["seed"] + 1}
 
     mag = _kept(trials["mag"])
     for kind in ("shuffle", "reinit"):
@@ -115,10 +122,21 @@ def test_controls_keep_the_trials_layer_wise_densities_counted_from_their_tensor
     assert {k: int(m.sum()) for k, m in _kept(small).items()} == {k: m.numel() for k, m in imp.items()}
 
     table = pd.read_csv(out / "sanity.csv")
-    assert sorted(zip(table["trial_id"], table["control"], strict=True)) == sorted(controls)
-    assert table["kept_equal"].all() and (table["runs_complete"] == 1).all()
-    assert (table["control_test_accuracy_std"] == 0).all()  # one seed
-    assert "beats: the trial's test accuracy > the control's test mean + std" in proc.stdout
+    assert sorted(zip(table["trial_id"], table["control"], strict=True)) == sorted(
+        k for k in controls if k[1] != "method")  # a row per control, the method's runs beside
+    assert table["kept_equal"].all()
+    assert (table[["method_complete", "control_complete", "paired"]] == 1).all().all()
+    assert (table["control_test_accuracy_std"] == 0).all() and (table["diff_test_accuracy_std"] == 0).all()
+    assert table["diff_test_accuracy_mean"].to_numpy() == pytest.approx(
+        (table["method_test_accuracy_mean"] - table["control_test_accuracy_mean"]).to_numpy())
+    assert table["beats"].to_numpy() == pytest.approx(
+        (table["diff_test_accuracy_mean"] > 0).to_numpy())  # one seed: its sign
+    imp = table[table["trial_id"] == "imp"]  # the selected run is the trial's own, shown beside
+    assert (imp["selected_test_accuracy"] != imp["method_test_accuracy_mean"]).all()
+    assert "beats: the method's re-run (the trial's config, seed trial seed + 1)" in proc.stdout
+    assert "probability 1/2 (the verdict rests on one seed)" in proc.stdout
+    assert "Asymmetry: the controls train at a constant learning rate" in proc.stdout
+    assert proc.stdout.count("(the verdict rests on one seed)\n") == 2  # each trial's verdict
     assert "reinit (its mask, fresh weights) is this very network" in proc.stdout
 
 
@@ -208,21 +226,83 @@ def test_bad_control_settings_are_one_line_errors(tmp_path, mnist_small, setting
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_the_verdict_is_test_accuracy_above_the_controls_mean_plus_std():
-    from analysis.sanity import summarize
-    from study.sanity import ControlRun
+def _runs(method: list, **controls: list):
+    """ControlRuns of one front trial: its method's re-runs then its controls, seeds 1, 2, ...; a
+    float is a complete run's test accuracy, a dict a run's last report as it stands."""
+    from study.sanity import METHOD, ControlRun
 
-    front = pd.DataFrame([{"front": "f", "trial_id": "t", "val_accuracy": 0.9, "test_accuracy": 0.8}])
-    kept = {"head.0": 10}
+    def report(r, kept: dict) -> dict:
+        return r if isinstance(r, dict) else {"val_accuracy": 0.5, "test_accuracy": r, **kept}
 
-    def run(control: str, test: float, kept_now: int = 10) -> ControlRun:
-        return ControlRun(0, control, 1, {}, kept, {"val_accuracy": 0.5, "test_accuracy": test,
-                                                    "control/kept/head.0": kept_now})
+    out = [ControlRun(0, METHOD, seed, {}, {}, report(r, {}))
+           for seed, r in enumerate(method, start=1)]
+    for name, reports in controls.items():
+        out += [ControlRun(0, name, seed, {}, {"head.0": 10},
+                           report(r, {"control/kept_weights/head.0": 10}))
+                for seed, r in enumerate(reports, start=1)]
+    return out
 
-    s = summarize(front, [run("shuffle", 0.7), run("shuffle", 0.78),  # 0.74 + 0.057 < 0.8
-                          run("reinit", 0.79), run("reinit", 0.81, kept_now=11)])  # 0.8 + 0.014
-    s = s.set_index("control")
-    assert s.loc["shuffle", "control_test_accuracy_mean"] == pytest.approx(0.74)
-    assert s.loc["shuffle", "control_test_accuracy_std"] == pytest.approx(0.0565685, rel=1e-5)
-    assert s.loc["shuffle", "beats"] and not s.loc["reinit", "beats"]
-    assert s.loc["shuffle", "kept_equal"] and not s.loc["reinit", "kept_equal"]
+
+# a lucky selected run: above every re-run and every control, so it must not decide anything
+FRONT = pd.DataFrame([{"front": "f", "trial_id": "t", "val_accuracy": 0.9, "test_accuracy": 0.99}])
+DIVERGED = {"epoch": 1, "diverged": 1}
+
+
+def test_beats_is_the_methods_re_runs_above_the_control_on_every_seed_paired_by_seed():
+    from analysis.sanity import summarize, verdicts
+
+    s = summarize(FRONT, _runs([0.80, 0.70, 0.75],
+                               shuffle=[0.79, 0.69, 0.74],  # below on each seed, by 0.01
+                               reinit=[0.70, 0.72, 0.60]))  # a lower mean, but above on seed 2
+    row = s.set_index("control")
+    assert row.loc["shuffle", "method_test_accuracy_mean"] == pytest.approx(0.75)
+    assert row.loc["shuffle", "method_test_accuracy_std"] == pytest.approx(0.05)
+    assert row.loc["shuffle", "control_test_accuracy_mean"] == pytest.approx(0.74)
+    assert row.loc["shuffle", "diff_test_accuracy_mean"] == pytest.approx(0.01)
+    assert row.loc["shuffle", "diff_test_accuracy_std"] == pytest.approx(0.0, abs=1e-12)
+    assert row.loc["reinit", "diff_test_accuracy_mean"] == pytest.approx((0.10 - 0.02 + 0.15) / 3)
+    # the shuffle's mean + std (0.79) is above the method's mean, yet it loses on every seed: beaten;
+    # reinit's mean is far below, yet it wins seed 2: not beaten (the selected 0.99 decides nothing)
+    assert row.loc["shuffle", "beats"] is True and row.loc["reinit", "beats"] is False
+    assert (s["selected_test_accuracy"] == 0.99).all() and (s["paired"] == 3).all()
+    assert s["kept_equal"].all()
+    assert verdicts(s) == ["f trial t: beats shuffle; does not beat reinit"]
+    assert verdicts(summarize(FRONT, _runs([0.8, 0.8], shuffle=[0.7, 0.7]))) == [
+        "f trial t: beats every control"]
+    # a control that kept another count than the trial's (read from control/kept_weights/<layer>)
+    runs = _runs([0.8], shuffle=[{"val_accuracy": 0.5, "test_accuracy": 0.7,
+                                  "control/kept_weights/head.0": 11}])
+    assert not summarize(FRONT, runs)["kept_equal"].any()
+
+
+def test_one_seed_says_the_verdict_rests_on_it():
+    from analysis.sanity import rule, summarize, verdicts
+
+    s = summarize(FRONT, _runs([0.8], shuffle=[0.7], reinit=[0.9]))
+    assert verdicts(s) == ["f trial t: beats shuffle; does not beat reinit (the verdict rests on one "
+                           "seed)"]
+    assert "(the verdict rests on one seed)" in rule(1) and "1/8" in rule(3)
+    assert "rests on one seed" not in rule(3)
+
+
+def test_no_complete_run_is_no_verdict_never_a_defeat():
+    from analysis.sanity import summarize, verdicts
+
+    # every control run diverged or failed (an empty last report: the run raised)
+    s = summarize(FRONT, _runs([0.8, 0.8], shuffle=[DIVERGED, {}], reinit=[0.7, 0.7]))
+    assert s.set_index("control").loc["shuffle", "beats"] is None
+    (line,) = verdicts(s)
+    assert line == "f trial t: beats reinit; shuffle: no complete run (1 diverged, 1 failed)"
+    assert "does not beat" not in line
+    # the method's re-runs did not complete: no verdict on any control
+    s = summarize(FRONT, _runs([DIVERGED, {"epoch": 1, "degenerate": 1}], shuffle=[0.7, 0.7],
+                               reinit=[DIVERGED, DIVERGED]))
+    assert s["beats"].isna().all() and (s["method_not_complete"] == "1 degenerate, 1 diverged").all()
+    (line,) = verdicts(s)
+    assert line == ("f trial t: the method's re-runs: no complete run (1 degenerate, 1 diverged): "
+                    "no verdict")
+    # a seed without its pair: above on the paired seeds is no verdict; below on one is a defeat
+    s = summarize(FRONT, _runs([0.8, DIVERGED], shuffle=[0.7, 0.7], reinit=[0.9, 0.7]))
+    assert list(s["beats"]) == [None, False]
+    assert verdicts(s) == ["f trial t: does not beat reinit; shuffle: no verdict, 1 of 2 seeds with "
+                           "both runs complete (method 1 diverged)"]

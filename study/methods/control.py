@@ -17,7 +17,9 @@ network trained from scratch for the same epochs ("Scratch-E"). This method trai
 The network's weights are always a fresh initialization from the trial's seed; the mask is held
 for all `epochs` (study.pruning.apply_masks) and made permanent after the last. Sizes are counted
 against the network as built: with `widths`, the smaller network itself (its sparsity is ~0:
-compare its accuracy, not its sparsity).
+compare its accuracy, not its sparsity). Each epoch it reports `control/kept_weights/<layer>`: the
+number of nonzero weights of each conv/linear layer, counted from the tensors (a count, where
+magnitude's `magnitude/kept/<layer>` is a fraction).
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ from study.pruning import (
     prunable_modules,
     resize_hidden,
 )
+
+# report key prefix: the number (a count, not a fraction as magnitude/kept/) of nonzero weights of
+# each conv/linear layer, `control/kept_weights/<layer>`
+KEPT_WEIGHTS = "control/kept_weights/"
 
 
 def parse_widths(text: str) -> dict[str, int]:
@@ -193,7 +199,7 @@ class Control:
     def end_epoch(self, end: EpochEnd) -> dict[str, float]:
         # kept weights per layer, counted from the tensors: `prunestudy sanity` checks they are the
         # pruned trial's
-        return {f"control/kept/{name}": kept for name, (kept, _) in kept_per_layer(self.model).items()}
+        return {f"{KEPT_WEIGHTS}{name}": kept for name, (kept, _) in kept_per_layer(self.model).items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
