@@ -196,12 +196,12 @@ RESUMES = [
     # mid-training: a mask held (Frankle et al. 2021's reinit), then shuffled with the seed (their
     # layerwise shuffle: drawn again from the seed on restore)
     pytest.param("control", {"masks": _control_masks()}, 1,
-                 {"phase": "train", "control/kept/head.2": 750}, id="control-mask"),
+                 {"phase": "train", "control/kept_weights/head.2": 750}, id="control-mask"),
     pytest.param("control", {"masks": _control_masks(), "shuffle": True}, 1,
-                 {"phase": "train", "control/kept/head.2": 750}, id="control-shuffled-mask"),
+                 {"phase": "train", "control/kept_weights/head.2": 750}, id="control-shuffled-mask"),
     # the smaller dense network: its widths rebuilt before the state loads
     pytest.param("control", {"widths": "head.0=20"}, 1,
-                 {"control/kept/head.0": 20 * 784}, id="control-small-dense"),
+                 {"control/kept_weights/head.0": 20 * 784}, id="control-small-dense"),
 ]
 
 

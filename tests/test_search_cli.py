@@ -81,7 +81,7 @@ EXPECT = {
     "control": {  # its search space: the dense network, no mask (the dense reference of a budget)
         "searched": {"lr"}, "exactly": True, "fixed": set(),
         "config": {"masks": "", "shuffle": False, "widths": "", "epochs": 2}, "epochs": [1, 2],
-        "first_keys": set(), "every_keys": {"control/kept/head.0", "val_accuracy", "sparsity"},
+        "first_keys": set(), "every_keys": {"control/kept_weights/head.0", "val_accuracy", "sparsity"},
         "run": None,
         "final_state": lambda state: state["method"]["stage"] == "final",
     },
