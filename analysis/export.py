@@ -5,7 +5,7 @@ Writes one YAML per chosen trial: `config` (every setting the trial ran with, re
 it ran on so a CPU retrain reproduces it). Only complete trials are chosen, never one at chance
 validation accuracy (<= 1 / num_classes + `--chance-margin`; the command says how many it left out),
 never one that misses a `--constraint` of its study.
-- knee: per front (method, variant, dataset, model, epoch budget: analysis.pareto), the point
+- knee: per front (method, variant, dataset, model, epoch budget, dense size: analysis.pareto), the point
   farthest from the line joining the front's two ends on the side away from the origin
   (objectives scaled to [0, 1] over the front); top-k takes the next farthest;
 - max-accuracy: highest val_accuracy (ties: higher sparsity);
@@ -53,10 +53,11 @@ def knee_order(f: pd.DataFrame) -> pd.DataFrame:
 
 def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
            min_accuracy: float = 0.0, chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
-    done = df[(df["status"] == "complete") & (df["sparsity"] >= min_sparsity)
-              & ~at_chance(df, chance_margin) & is_feasible(df)].dropna(subset=list(OBJECTIVES))
+    done = df.assign(_front=front_names(df))[  # fronts named over every trial, as analysis.pareto
+        (df["status"] == "complete") & (df["sparsity"] >= min_sparsity)
+        & ~at_chance(df, chance_margin) & is_feasible(df)].dropna(subset=list(OBJECTIVES))
     if pick == "knee":  # the knee of each front, then each front's next, and so on
-        fronts = [front(g) for _, g in done.groupby(front_names(done))]
+        fronts = [front(g) for _, g in done.groupby("_front")]
         per_front = [knee_order(f).assign(_rank=range(len(f))) for f in fronts]
         ranked = (pd.concat(per_front).sort_values("_rank", kind="stable").drop(columns="_rank")
                   if per_front else done)
@@ -67,7 +68,7 @@ def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
             ["nonzero_params", "val_accuracy"], ascending=[True, False])
     else:
         raise ValueError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
-    return ranked.head(top_k)
+    return ranked.head(top_k).drop(columns="_front")
 
 
 def _plain(value):

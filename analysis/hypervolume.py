@@ -1,11 +1,12 @@
 """`python -m analysis.hypervolume STUDY... [--out DIR]`: hypervolume as a study progresses.
 
-For each study and each front in it (one per (method, variant, dataset, model, epoch budget),
-named as `analysis.pareto` names them), the dominated hypervolume of (val_accuracy, sparsity),
-reference point (0, 0), after each trial that ended (complete, stopped at a rung,
-diverged, degenerate or failed: each spent compute), in the order they ended, against the number
-of trials ended, the seconds since the study's first trial started (Ray's `timestamp` of a trial's
-last report; a trial started at `timestamp - time_total_s`) and the epochs run so far. Only
+For each study and each front in it (one per (method, variant, dataset, model, epoch budget,
+dense size), named as `analysis.pareto` names them over all the studies given), the dominated
+hypervolume of (val_accuracy, sparsity), reference point (0, 0), after each trial that ended
+(complete, stopped at a rung, diverged, degenerate or failed: each spent compute), in the order
+they ended, against the number of trials ended, the seconds since the study's first trial
+started (Ray's `timestamp` of a trial's last report; a trial started at `timestamp -
+time_total_s`) and the epochs run so far. Only
 complete, feasible (`--constraint`) trials away from chance accuracy add points, as in
 `analysis.pareto`. The area is `study.pareto.hypervolume_2d`: exact for two objectives (a sweep
 over the front sorted by sparsity), a few lines instead of Optuna's private `optuna._hypervolume`

@@ -1,8 +1,10 @@
 """`python -m analysis.pareto STUDY [STUDY...]`: Pareto fronts of accuracy against sparsity.
 
-One front per (method, variant, dataset, model, epoch budget) over all the studies given: like
-with like only (Blalock et al. 2020), never mixing datasets, networks or budgets. The front's name
-says its key, `method[variant]/dataset/model/<budget>ep` (`front_names`); `prunestudy compare`
+One front per (method, variant, dataset, model, epoch budget, dense architecture) over all the
+studies given: like with like only (Blalock et al. 2020), never mixing datasets, networks, budgets
+or network sizes (beta_vae's latent_dim changes its network's parameters). The front's name says
+its key, `method[variant]/dataset/model/<budget>ep`, the model followed by `~<dense_params>p` when
+one (method, variant, dataset, model, budget) holds several sizes (`front_names`); `prunestudy compare`
 sets fronts of different methods side by side. Per front: the non-dominated complete trials on
 (val_accuracy, sparsity), their test accuracy beside, and the dominated hypervolume (reference
 point accuracy 0, sparsity 0; study.pareto), one number to compare samplers.
@@ -31,8 +33,10 @@ from study.pareto import hypervolume_2d, pareto_mask
 
 # a front compares like with like: one of each at a time. `variant`: the values of the settings
 # its method declares as `variant_settings`, `model`: of its `architecture` (analysis.results),
-# `total_epochs`: the epoch budget of the trial's schedule, as the trainable reports it
-FRONT_KEY = ("method", "variant", "dataset", "model", "total_epochs")
+# `total_epochs`: the epoch budget of the trial's schedule, as the trainable reports it,
+# `dense_params`: the dense architecture's size, reported every epoch (a searched setting such as
+# beta_vae's latent_dim makes another network under the same model name; absent in older studies)
+FRONT_KEY = ("method", "variant", "dataset", "model", "total_epochs", "dense_params")
 
 
 def _text(df: pd.DataFrame, column: str) -> pd.Series:
@@ -49,19 +53,43 @@ def procedure_names(df: pd.DataFrame) -> pd.Series:
     return _text(df, "method") + variant.map(lambda v: f"[{v}]" if v else "")
 
 
-def group_names(df: pd.DataFrame) -> pd.Series:
-    """Each trial's comparison group, `dataset/model/<total_epochs>ep`: what any two fronts that are
-    compared must share."""
+def _budget(df: pd.DataFrame) -> pd.Series:
     budget = (pd.to_numeric(df["total_epochs"], errors="coerce") if "total_epochs" in df
               else pd.Series(float("nan"), index=df.index))
-    return (_text(df, "dataset") + "/" + _text(df, "model") + "/"
-            + budget.map(lambda b: "-" if pd.isna(b) else f"{int(b)}ep").astype(object))
+    return budget.map(lambda b: "-" if pd.isna(b) else f"{int(b)}ep").astype(object)
+
+
+def _sizes(df: pd.DataFrame, keys: list[pd.Series]) -> pd.Series:
+    """`~<dense_params>p` for the trials whose `keys` group counts against several dense
+    architectures (`~?p`: a trial that did not report it), '' elsewhere: a size is named only where
+    it tells two networks apart, and a study older than `dense_params` is never split."""
+    if "dense_params" not in df or df.empty:
+        return pd.Series("", index=df.index, dtype=object)
+    size = pd.to_numeric(df["dense_params"], errors="coerce")
+    several = size.groupby(keys, dropna=False).transform("nunique") > 1
+    named = size.map(lambda p: "~?p" if pd.isna(p) else f"~{int(p)}p").astype(object)
+    return named.where(several, "")
+
+
+def group_names(df: pd.DataFrame) -> pd.Series:
+    """Each trial's comparison group, `dataset/model/<total_epochs>ep` (the model as
+    `model~<dense_params>p` where one dataset, model and budget holds several dense sizes among the
+    trials of df): what any two fronts that are compared must share."""
+    dataset, model, budget = _text(df, "dataset"), _text(df, "model"), _budget(df)
+    return dataset + "/" + model + _sizes(df, [dataset, model, budget]) + "/" + budget
 
 
 def front_names(df: pd.DataFrame) -> pd.Series:
     """The front each trial belongs to, named by its key (FRONT_KEY):
-    `method[variant]/dataset/model/<budget>ep`, e.g. `reparam[reparam]/fashion_mnist/lenet300/3ep`."""
-    return procedure_names(df) + "/" + group_names(df)
+    `method[variant]/dataset/model/<budget>ep`, e.g. `reparam[reparam]/fashion_mnist/lenet300/3ep`;
+    the model as `model~<dense_params>p` where one (method, variant, dataset, model, budget) holds
+    several dense sizes among the trials of df (`beta_vae[vae]/mnist/bvae_cnn~69234p/6ep`). Name
+    every trial of the studies at once (as `fronts` and the plots do): a size is shown or not by
+    what all of them hold."""
+    procedure, dataset, model, budget = (procedure_names(df), _text(df, "dataset"),
+                                         _text(df, "model"), _budget(df))
+    sizes = _sizes(df, [procedure, dataset, model, budget])
+    return procedure + "/" + dataset + "/" + model + sizes + "/" + budget
 
 
 def at_chance(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> pd.Series:
@@ -110,6 +138,12 @@ def front(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.Data
         list(objectives), ascending=False)
 
 
+def _first(df: pd.DataFrame, column: str):
+    """The first value of a key column any trial reported (an old study's trials lack dense_params)."""
+    known = df[column].dropna() if column in df else ()
+    return known.iloc[0] if len(known) else None
+
+
 def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
            chance_margin: float = CHANCE_MARGIN) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(front rows, with a `front` column naming their front (`front_names`); one row per front
@@ -119,21 +153,21 @@ def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
     missing = [m for m in objectives if m not in df.columns]
     if missing:
         raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
-    done = df[df["status"] == "complete"].dropna(subset=list(objectives))
+    named = df.assign(front=front_names(df))  # named over every trial: as the plots name them
+    done = named[named["status"] == "complete"].dropna(subset=list(objectives))
     done = done.assign(_chance=at_chance(done, chance_margin), _infeasible=~is_feasible(done))
     parts, volumes = [], []
-    for name, group in done.groupby(front_names(done), sort=True):
+    for name, group in done.groupby("front", sort=True):
         kept = group[~group["_chance"] & ~group["_infeasible"]].drop(columns=["_chance", "_infeasible"])
-        parts.append(front(kept, objectives).assign(front=name))
-        first = group.iloc[0]
-        volumes.append({"front": name, **{k: first[k] if k in group else None for k in FRONT_KEY},
+        parts.append(front(kept, objectives))
+        volumes.append({"front": name, **{k: _first(group, k) for k in FRONT_KEY},
                         "trials": len(kept), "left_out_chance": int(group["_chance"].sum()),
                         "left_out_infeasible": int((group["_infeasible"] & ~group["_chance"]).sum()),
                         "front_size": len(parts[-1]),
                         "hypervolume": hypervolume_2d(kept[list(objectives)].to_numpy())})
     parts = [p for p in parts if len(p)]
     table = (pd.concat(parts, ignore_index=True) if parts
-             else done.drop(columns=["_chance", "_infeasible"]).iloc[:0].assign(front=[]))
+             else done.drop(columns=["_chance", "_infeasible"]).iloc[:0])
     return table, pd.DataFrame(volumes, columns=["front", *FRONT_KEY, "trials", "left_out_chance",
                                                  "left_out_infeasible", "front_size", "hypervolume"])
 
@@ -157,7 +191,7 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
 
     y, x = objectives
     fig, ax = plt.subplots(figsize=(7, 5))
-    data = df.dropna(subset=list(objectives))
+    data = df.assign(front=front_names(df)).dropna(subset=list(objectives))  # as `fronts` names
     apart = kept_apart(data, chance_margin)
     if apart.any():
         ax.scatter(data.loc[apart, x], data.loc[apart, y], s=30, marker="x", color="0.6", label=APART)
@@ -166,7 +200,7 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
         ax.scatter(data.loc[stopped, x], data.loc[stopped, y], s=22, marker="v", color="0.75",
                    label=STOPPED)
     data = data[~apart & ~stopped]
-    for i, (name, group) in enumerate(data.groupby(front_names(data))):
+    for i, (name, group) in enumerate(data.groupby("front")):
         color = f"C{i}"
         ok = is_feasible(group)
         ax.scatter(group.loc[ok, x], group.loc[ok, y], s=18, alpha=0.5, color=color,
@@ -210,7 +244,7 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
 
     y, x = objectives
     fig = go.Figure()
-    data = df.dropna(subset=list(objectives))
+    data = df.assign(front=front_names(df)).dropna(subset=list(objectives))  # as `fronts` names
     hover = [c for c in data.columns if c.startswith(CONFIG_PREFIX) or c in (
         "trial_id", "study", "status", "degenerate_reason", "test_accuracy", "collapse")]
 
@@ -227,7 +261,7 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
     if stopped.any():
         points(data[stopped], STOPPED, marker={"symbol": "triangle-down", "color": "lightgrey"})
     data = data[~apart & ~stopped]
-    for name, group in data.groupby(front_names(data)):
+    for name, group in data.groupby("front"):
         ok = is_feasible(group)
         points(group[ok], f"{name} trials")
         if not ok.all():

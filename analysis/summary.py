@@ -7,8 +7,8 @@ from study.metrics import OBJECTIVES
 
 
 def summarize(study_dir: Path) -> str:
-    """The finished trials' Pareto fronts, one per (method, variant, dataset, model, epoch budget)
-    (analysis.pareto.front_names), each headed by its budget, with test accuracy and the settings
+    """The finished trials' Pareto fronts, one per (method, variant, dataset, model, epoch budget,
+    dense size) (analysis.pareto.front_names), each headed by its budget, with test accuracy and the settings
     that differ between trials beside; read back from the study folder as
     `analysis.pareto` reads it, so a trial that failed, diverged or was degenerate is never a
     point, nor is a finished one at chance accuracy (counted on a line of its own)."""

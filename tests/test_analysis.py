@@ -87,6 +87,77 @@ def test_fronts_compare_like_with_like_over_complete_trials():
         fronts(df, ("val_accuracy", "latency"))
 
 
+def test_a_front_holds_one_dense_architecture_named_only_where_a_key_holds_several(tmp_path,
+                                                                                   monkeypatch):
+    """beta_vae's default space searches latent_dim in {8, 16}: two networks of 69,234 and 69,450
+    dense parameters under one model name, each its own front, never pooled."""
+    import analysis.pareto
+    from analysis.export import choose
+    from analysis.pareto import plot_png
+
+    six = {"model": "bvae_cnn", "total_epochs": 6}
+    df = _table([
+        {**six, "trial_id": "a8", "config/latent_dim": 8, "dense_params": 69234,
+         "val_accuracy": 0.9, "sparsity": 0.5},
+        # latent 16 dominates latent 8's only trial: pooled, a8 would be on no front
+        {**six, "trial_id": "b16", "config/latent_dim": 16, "dense_params": 69450,
+         "val_accuracy": 0.95, "sparsity": 0.6},
+        {**six, "trial_id": "c16", "config/latent_dim": 16, "dense_params": 69450,
+         "val_accuracy": 0.8, "sparsity": 0.9},
+        # a failed trial of latent 8: the name holds whatever its status
+        {**six, "trial_id": "f8", "status": "failed", "dense_params": 69234,
+         "val_accuracy": 0.99, "sparsity": 0.99},
+        # one size in its key: no size in the name, and a study older than dense_params joins it
+        {"trial_id": "m", "method": "magnitude", "variant": "magnitude,global,oneshot", **six,
+         "dense_params": 69450, "val_accuracy": 0.85, "sparsity": 0.8},
+        {"trial_id": "old", "method": "magnitude", "variant": "magnitude,global,oneshot", **six,
+         "val_accuracy": 0.5, "sparsity": 0.95},
+    ])
+    table, volumes = fronts(df)
+    members = {name: sorted(g["trial_id"]) for name, g in table.groupby("front")}
+    assert members == {"beta_vae[vae]/mnist/bvae_cnn~69234p/6ep": ["a8"],
+                       "beta_vae[vae]/mnist/bvae_cnn~69450p/6ep": ["b16", "c16"],
+                       "magnitude[magnitude,global,oneshot]/mnist/bvae_cnn/6ep": ["m", "old"]}
+    size = dict(zip(volumes["front"], volumes["dense_params"], strict=True))
+    assert size["beta_vae[vae]/mnist/bvae_cnn~69234p/6ep"] == 69234
+    assert size["magnitude[magnitude,global,oneshot]/mnist/bvae_cnn/6ep"] == 69450
+    hv = dict(zip(volumes["front"], volumes["hypervolume"], strict=True))
+    assert hv["beta_vae[vae]/mnist/bvae_cnn~69234p/6ep"] == pytest.approx(0.9 * 0.5)
+    # a trial of unknown size where a key holds two: apart from both, named so
+    unknown = pd.concat([df, _table([{**six, "trial_id": "u", "val_accuracy": 0.7,
+                                      "sparsity": 0.7}])], ignore_index=True)
+    assert "beta_vae[vae]/mnist/bvae_cnn~?p/6ep" in set(fronts(unknown)[0]["front"])
+    # the knee of each architecture's front: latent 8's own point is one
+    bvae = df[df["method"] == "beta_vae"]
+    assert sorted(choose(bvae, "knee", 2)["trial_id"]) == ["a8", "c16"]
+    # the plot names fronts as `fronts` does: every front's line is drawn
+    drawn = []
+    monkeypatch.setattr(analysis.pareto, "save_figure",
+                        lambda fig, path: drawn.extend(ln.get_label() for ln in fig.axes[0].get_lines()))
+    plot_png(df, table, tmp_path / "p.png")
+    assert sorted(drawn) == sorted(f"{name} front" for name in members)
+
+
+def test_the_search_summary_names_each_dense_size_of_a_front(tmp_path):
+    from analysis.summary import summarize
+
+    study = tmp_path / "s"
+    study.mkdir()
+    layout.write_info(study, {"method": "beta_vae", "dataset": "mnist"})
+    config = {"method": "beta_vae", "dataset": "mnist", "variant": "vae", "model": "bvae_cnn"}
+    for name, latent, size, acc in (("a", 8, 69234, 0.9), ("b", 16, 69450, 0.95)):
+        trial = layout.trial_dir(study, name)
+        trial.mkdir()
+        (trial / layout.PARAMS).write_text(json.dumps({**config, "latent_dim": latent}))
+        (trial / layout.RESULT).write_text(json.dumps(
+            {"epoch": 6, "total_epochs": 6, "val_accuracy": acc, "sparsity": 0.5,
+             "test_accuracy": acc, "dense_params": size, "num_classes": 10}))
+    text = summarize(study)
+    for size in (69234, 69450):
+        assert (f"Pareto front (val_accuracy, sparsity) of beta_vae[vae]/mnist/bvae_cnn~{size}p/6ep "
+                "(a budget of 6 epochs): 1 of 1 finished trials") in text
+
+
 def test_the_knee_is_the_front_point_farthest_from_the_chord_away_from_the_origin():
     from analysis.export import choose
 

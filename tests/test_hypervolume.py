@@ -71,6 +71,21 @@ def test_hypervolume_grows_as_trials_end_per_front(tmp_path):
     assert conv["hypervolume"].tolist() == pytest.approx([0.64]) and conv["seconds"].tolist() == [70]
 
 
+def test_each_dense_size_of_a_key_is_a_curve_of_its_own(tmp_path):
+    """A searched setting that changes the network (beta_vae's latent_dim): two dense sizes under
+    one model name are two fronts, named by size, as analysis.pareto names them."""
+    from analysis.results import load_results
+
+    trials = [("a", "lenet300", {**done(0.9, 0.5), "dense_params": 1000}, 10.0, 1010),
+              ("b", "lenet300", {**done(0.95, 0.6), "dense_params": 2000}, 10.0, 1020),
+              ("c", "conv4", {**done(0.8, 0.8), "dense_params": 3000}, 10.0, 1030)]
+    curves = hypervolume_curves(load_results([_write_study(tmp_path / "s", trials)]))
+    last = curves.groupby("front").tail(1).set_index("front")["hypervolume"].to_dict()
+    assert last == pytest.approx({"reparam[reparam]/mnist/lenet300~1000p/3ep": 0.9 * 0.5,
+                                  "reparam[reparam]/mnist/lenet300~2000p/3ep": 0.95 * 0.6,
+                                  "reparam[reparam]/mnist/conv4/3ep": 0.8 * 0.8})
+
+
 def test_infeasible_trials_add_no_hypervolume(tmp_path):
     from analysis.results import load_results
 
