@@ -58,13 +58,17 @@ from analysis.pareto import (
 )
 from analysis.results import CONFIG_PREFIX, StudyError, load_results, study_info
 from study import layout
-from study.metrics import CHANCE_MARGIN
+from study.config import ConfigError
+from study.metrics import CHANCE_MARGIN, check_selectable
 from study.pareto import hypervolume_2d, pareto_mask
 
 ACCURACY = "val_accuracy"  # y of both views: the objective every search maximizes
 TEST = "test_accuracy"  # reported at the fronts' points, never choosing one
 FLOPS_REDUCTION = "flops_reduction"
 VIEWS = {"hv": "sparsity", "flops_hv": FLOPS_REDUCTION}  # column prefix -> the view's x
+for _m in (ACCURACY, *VIEWS.values()):  # what chooses the fronts' points: never the test split
+    check_selectable(_m, "compare objectives")
+del _m
 # every front of these methods is a baseline (Blalock et al.'s magnitude and random pruning); no
 # method declares baseline variants (reparam's mag, mag_ft, ...) yet: those are fronts of their own
 BASELINE_METHODS = ("magnitude",)
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dense_params is not None:
             rows = of_size(rows, args.dense_params)
         group = one_group(rows)
-    except StudyError as e:
+    except (StudyError, ConfigError) as e:  # ConfigError: a study's stored --constraint
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = compare(rows)

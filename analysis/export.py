@@ -11,6 +11,8 @@ never one that misses a `--constraint` of its study.
 - max-accuracy: highest val_accuracy (ties: higher sparsity);
 - min-size: fewest nonzero parameters among trials with val_accuracy >= --min-accuracy.
 `--min-sparsity` keeps only trials at least that sparse, for every pick.
+No criterion reads the test split (study.metrics.check_selectable): test_accuracy is only written
+beside, in the provenance.
 """
 from __future__ import annotations
 
@@ -24,9 +26,15 @@ import yaml
 
 from analysis.pareto import add_chance_margin, at_chance, chance_line, front, front_names, is_feasible
 from analysis.results import StudyError, load_results, row_config, study_info
-from study.metrics import CHANCE_MARGIN, FINAL, OBJECTIVES
+from study.config import ConfigError
+from study.metrics import CHANCE_MARGIN, FINAL, OBJECTIVES, check_selectable
 
 PICKS = ("knee", "max-accuracy", "min-size")
+# every metric a pick ranks or filters on, in order (`--min-accuracy` reads MIN_ACCURACY,
+# `--min-sparsity` MIN_SPARSITY): none of the test split, checked where `choose` reads them
+CRITERIA = {"knee": OBJECTIVES, "max-accuracy": ("val_accuracy", "sparsity"),
+            "min-size": ("nonzero_params", "val_accuracy")}
+MIN_ACCURACY, MIN_SPARSITY = "val_accuracy", "sparsity"
 
 
 def knee_order(f: pd.DataFrame) -> pd.DataFrame:
@@ -53,8 +61,12 @@ def knee_order(f: pd.DataFrame) -> pd.DataFrame:
 
 def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
            min_accuracy: float = 0.0, chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
+    if pick not in CRITERIA:
+        raise ValueError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
+    for m in (*CRITERIA[pick], MIN_ACCURACY, MIN_SPARSITY):  # the test split never chooses
+        check_selectable(m, f"export --pick {pick}")
     done = df.assign(_front=front_names(df))[  # fronts named over every trial, as analysis.pareto
-        (df["status"] == "complete") & (df["sparsity"] >= min_sparsity)
+        (df["status"] == "complete") & (df[MIN_SPARSITY] >= min_sparsity)
         & ~at_chance(df, chance_margin) & is_feasible(df)].dropna(subset=list(OBJECTIVES))
     if pick == "knee":  # the knee of each front, then each front's next, and so on
         fronts = [front(g) for _, g in done.groupby("_front")]
@@ -62,12 +74,10 @@ def choose(df: pd.DataFrame, pick: str, top_k: int, min_sparsity: float = 0.0,
         ranked = (pd.concat(per_front).sort_values("_rank", kind="stable").drop(columns="_rank")
                   if per_front else done)
     elif pick == "max-accuracy":
-        ranked = done.sort_values(["val_accuracy", "sparsity"], ascending=False)
-    elif pick == "min-size":
-        ranked = done[done["val_accuracy"] >= min_accuracy].sort_values(
-            ["nonzero_params", "val_accuracy"], ascending=[True, False])
-    else:
-        raise ValueError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
+        ranked = done.sort_values(list(CRITERIA[pick]), ascending=False)
+    else:  # min-size
+        ranked = done[done[MIN_ACCURACY] >= min_accuracy].sort_values(
+            list(CRITERIA[pick]), ascending=[True, False])
     return ranked.head(top_k).drop(columns="_front")
 
 
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders")
     p.add_argument("--pick", choices=PICKS, default="knee")
     p.add_argument("--min-sparsity", type=float, default=0.0)
-    p.add_argument("--min-accuracy", type=float, default=0.0, help="for --pick min-size")
+    p.add_argument("--min-accuracy", type=float, default=0.0,
+                   help="for --pick min-size: val_accuracy at least this (never the test split)")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--out", required=True, help="folder for the YAML files")
     add_chance_margin(p)
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             raise StudyError(f"no complete trial with sparsity >= {args.min_sparsity} to export")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-    except (StudyError, OSError) as e:
+    except (StudyError, ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for _, row in chosen.iterrows():

@@ -26,7 +26,8 @@ import pandas as pd
 from analysis.pareto import add_chance_margin, at_chance, front_names, is_feasible, save_figure
 from analysis.results import StudyError, load_results, load_study
 from study import layout
-from study.metrics import CHANCE_MARGIN, OBJECTIVES
+from study.config import ConfigError
+from study.metrics import CHANCE_MARGIN, OBJECTIVES, check_selectable
 from study.pareto import hypervolume_2d
 
 ENDED = ("complete", "stopped", "diverged", "degenerate", "failed")
@@ -42,6 +43,8 @@ def hypervolume_curves(df: pd.DataFrame, chance_margin: float = CHANCE_MARGIN) -
     """A row per ended trial of `df` (analysis.results' table), per study and front, in the order
     they ended: `trials` ended so far, `seconds` since the study began, `epochs` run so far, and
     the `hypervolume` of the front's points so far."""
+    for m in OBJECTIVES:  # the area's axes: never the test split
+        check_selectable(m, "hypervolume objectives")
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
     df = df.assign(_end=_number(df, "timestamp"))
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         df = load_results(args.studies)
-    except StudyError as e:
+    except (StudyError, ConfigError) as e:  # ConfigError: a study's stored --constraint
         print(f"error: {e}", file=sys.stderr)
         return 2
     curves = hypervolume_curves(df, args.chance_margin)

@@ -28,7 +28,8 @@ import pandas as pd
 
 from analysis.results import CONFIG_PREFIX, StudyError, load_results, saved_line, study_info
 from study import layout
-from study.metrics import CHANCE_MARGIN, OBJECTIVES, near_chance
+from study.config import ConfigError
+from study.metrics import CHANCE_MARGIN, OBJECTIVES, check_selectable, near_chance
 from study.pareto import hypervolume_2d, pareto_mask
 
 # a front compares like with like: one of each at a time. `variant`: the values of the settings
@@ -149,7 +150,10 @@ def fronts(df: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES,
     """(front rows, with a `front` column naming their front (`front_names`); one row per front
     with its key, `trials` (those the front and its hypervolume are over), `left_out_chance`
     (complete trials at chance, left out: `at_chance`), size and hypervolume) over the complete
-    trials of df. A front whose trials are all at chance keeps its row, with no point."""
+    trials of df. A front whose trials are all at chance keeps its row, with no point. An
+    objective of the test split: ConfigError (study.metrics.check_selectable)."""
+    for m in objectives:
+        check_selectable(m, f"--objectives {' '.join(objectives)}")
     missing = [m for m in objectives if m not in df.columns]
     if missing:
         raise ValueError(f"unknown metric {missing[0]!r}: not reported by any trial")
@@ -300,16 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", help="study folders")
     p.add_argument("--objectives", nargs=2, default=list(OBJECTIVES), metavar=("Y", "X"),
-                   help="two metrics to maximize (default: val_accuracy sparsity)")
+                   help="two metrics to maximize (default: val_accuracy sparsity); never one of "
+                        "the test split (test_accuracy)")
     p.add_argument("--out", help="output folder (default: FIRST_STUDY/analysis)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the front to W&B")
     add_chance_margin(p)
     args = p.parse_args(argv)
     objectives, margin = tuple(args.objectives), args.chance_margin
     try:
+        for m in objectives:  # before reading anything: the test split never chooses
+            check_selectable(m, f"--objectives {' '.join(objectives)}")
         df = flag_collapse(load_results(args.studies), chance_margin=margin)
         table, volumes = fronts(df, objectives, margin)
-    except (StudyError, ValueError) as e:
+    except (StudyError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else layout.analysis_dir(args.studies[0])

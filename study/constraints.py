@@ -17,7 +17,7 @@ from typing import Any
 
 from study.config import ConfigError
 from study.methods import TRAINABLE_PREFIXES, metric_prefixes
-from study.metrics import VOCABULARY
+from study.metrics import VOCABULARY, check_selectable
 
 MISSING_VIOLATION = 1.0  # a trial whose report lacks the metric violates the constraint by this
 _PATTERN = re.compile(r"\s*([A-Za-z_][\w/.-]*)\s*(>=|<=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
@@ -43,7 +43,8 @@ class Constraint:
 
 def parse_constraint(text: str) -> Constraint:
     """`METRIC>=NUMBER` or `METRIC<=NUMBER`; METRIC: a name of the vocabulary (study.metrics) or
-    under a method's prefix. Anything else: a one-line ConfigError naming the text."""
+    under a method's prefix, never one of the test split (study.metrics.check_selectable: a
+    constraint chooses). Anything else: a one-line ConfigError naming the text."""
     match = _PATTERN.fullmatch(text)
     if not match:
         raise ConfigError(f"--constraint {text!r} is not METRIC>=NUMBER or METRIC<=NUMBER "
@@ -54,6 +55,7 @@ def parse_constraint(text: str) -> Constraint:
     if metric not in VOCABULARY and not metric.startswith(prefixes):
         raise ConfigError(f"--constraint {text!r}: unknown metric {metric!r}; use one of "
                           f"{', '.join(VOCABULARY)} or a method metric ({', '.join(prefixes)}...)")
+    check_selectable(metric, f"--constraint {text!r}")
     if not math.isfinite(bound):
         raise ConfigError(f"--constraint {text!r}: the bound must be finite")
     return Constraint(metric, op, bound)

@@ -20,6 +20,7 @@ class Metric:
     name: str
     higher_is_better: bool | None  # None: not a quality (a count, a time, a label)
     help: str
+    test_split: bool = False  # measured on the test split: reported, never chooses anything
 
 
 VOCABULARY = {m.name: m for m in (
@@ -27,7 +28,8 @@ VOCABULARY = {m.name: m for m in (
     Metric("phase", None, "the method's phase of this epoch"),
     Metric("loss", False, "mean training loss of the epoch (the method's total)"),
     Metric("val_accuracy", True, "accuracy on the fixed 10% validation split"),
-    Metric("test_accuracy", True, "accuracy on the test split, once at the end; never optimized"),
+    Metric("test_accuracy", True, "accuracy on the test split, once at the end; never optimized",
+           test_split=True),
     Metric("sparsity", True, "1 - nonzero parameters / parameters of the dense architecture"),
     Metric("prunable_sparsity", True, "the same over conv and linear weights only"),
     Metric("params", False, "parameters of the inference model"),
@@ -58,6 +60,29 @@ VOCABULARY = {m.name: m for m in (
            "of the method's probe, its network pruned to the final target without fine-tuning"),
     Metric("rung/sparsity", True, "(--scheduler mo-asha) at a rung epoch: the probe's sparsity"),
 )}
+
+# the metrics measured on the test split: reported beside, never an input to a decision
+TEST_METRICS = frozenset(m.name for m in VOCABULARY.values() if m.test_split)
+
+
+def on_test_split(name: str) -> bool:
+    """Whether metric `name` is measured on the test split: in TEST_METRICS, or a method's
+    diagnostic named `test_*` under its prefix (e.g. `vae/test_accuracy`)."""
+    return name in TEST_METRICS or ("/" in name and name.rsplit("/", 1)[1].startswith("test_"))
+
+
+def check_selectable(name: str, where: str) -> str:
+    """`name`, if it may choose something (a constraint, an objective, a knee, an export
+    criterion); a metric of the test split: a one-line study.config.ConfigError starting with
+    `where` (e.g. "--constraint 'test_accuracy>=0.9'"). The one place that decides it: the test
+    split never chooses anything (DESIGN.md)."""
+    if on_test_split(name):
+        from study.config import ConfigError  # study.config imports this module
+
+        raise ConfigError(f"{where}: {name} is measured on the test split, which never chooses "
+                          "anything (constraints, objectives, knees, exports); use val_accuracy")
+    return name
+
 
 # what the search optimizes, both maximized: (accuracy, sparsity) fronts everywhere
 OBJECTIVES = ("val_accuracy", "sparsity")

@@ -254,6 +254,7 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
     """Check everything a new study needs, writing nothing."""
     space = build_space(args)
     dataset_name = space.fixed["dataset"]
+    constraints = parse_constraints(args.constraint)  # never the test split: before any data
     if "://" in args.storage_dir:
         raise ConfigError(f"--storage-dir {args.storage_dir!r}: URI storage is not supported; give "
                           "a local folder (on a cluster, one every node can read, such as NFS)")
@@ -265,7 +266,6 @@ def _new_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]
     data_dir = Path(args.data_dir or default_data_dir()).resolve()
     data = load_dataset(dataset_name, data_dir)  # fail before creating anything
     data.with_label(space.fixed.get("label_factor", ""))
-    constraints = parse_constraints(args.constraint)
     sampler_args = sampler_settings(args.sampler, args.sampler_arg)
     scheduler = {"scheduler": args.scheduler}
     if args.scheduler == "mo-asha":

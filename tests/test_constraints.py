@@ -38,6 +38,7 @@ def test_constraints_parse(text, expected):
     ("", "is not METRIC>=NUMBER"),
     ("latency<=3", "unknown metric 'latency'"),
     ("val_accuracy>=1e999", "must be finite"),
+    ("test_accuracy>=0.9", "measured on the test split"),
 ])
 def test_bad_constraints_are_one_line_errors_naming_the_text(text, message):
     with pytest.raises(ConfigError, match=message) as e:
