@@ -10,11 +10,21 @@ that fires:
   `vae/end/kl_per_dim/*`) is below `kl_per_dim` nats: the encoder tells the decoder almost nothing;
 - `chance_accuracy`: validation accuracy at the end of the VAE phase within `chance_margin` of
   chance, 1 / the trial's `num_classes` (study.metrics.near_chance).
-A trial the trainable ended as degenerate during its VAE phase never reported `vae/end/*`: its VAE
-phase ended at its last report, so its last `vae/active_units`, `vae/kl`, `vae/kl_per_dim/*` and
-`val_accuracy` stand in for them (filled into `vae/end/*` of the flagged table).
+These three are full collapse (`collapsed`). Per latent dimension j, `vae/end/kl_per_dim/<j>`
+below `kl_per_dim` nats is a collapsed dimension: per trial `collapsed_dims` counts them and
+`active_units` the others (KL-active dimensions; `vae/end/active_units` is the variance test), and
+- `partial_collapse` fires when some but not all dimensions collapsed and no criterion of full
+  collapse fired: a mean KL per dimension can stay high while dimensions die, so `low_kl` alone
+  never sees it. It is listed in `collapse` but is not full collapse (`collapsed` stays False).
+The trainable never ends a trial for chance accuracy in its VAE phase (beta_vae's
+`chance_rule_skips`): a collapsed trial runs to its end. A trial the trainable ended as degenerate
+during its VAE phase (a dead network, or a study from before that rule) never reported
+`vae/end/*`: its VAE phase ended at its last report, so its last `vae/active_units`,
+`vae/kl`, `vae/kl_per_dim/*` and `val_accuracy` stand in for them (filled into `vae/end/*` of
+the flagged table).
 `python -m analysis.collapse STUDY...` prints the flags per trial, then per beta bin the collapsed
-fraction, the MIG (dsprites trials) and the accuracies, at the VAE's end and the trial's.
+fraction, the mean collapsed dimensions, the MIG (dsprites trials) and the accuracies, at the
+VAE's end and the trial's.
 """
 from __future__ import annotations
 
@@ -36,9 +46,11 @@ def _numeric(df: pd.DataFrame, name: str) -> pd.Series:
 
 def flag_collapse(df: pd.DataFrame, kl_per_dim: float = KL_PER_DIM,
                   chance_margin: float = CHANCE_MARGIN) -> pd.DataFrame:
-    """`df` with boolean columns `collapse/<criterion>`, `collapsed` (any fired) and `collapse`
-    (the criteria that fired, comma-separated). Rows of other methods, of the CNN baseline and of
-    trials that never ended a VAE phase get False / ''."""
+    """`df` with boolean columns `collapse/<criterion>`, `collapsed` (a criterion of full
+    collapse fired), `collapse` (every criterion that fired, partial_collapse among them,
+    comma-separated) and the counts `collapsed_dims` and `active_units` (latent dimensions with
+    `vae/end/kl_per_dim/<j>` below / at least `kl_per_dim`; NaN without them). Rows of other
+    methods, of the CNN baseline and of trials that never ended a VAE phase get False / '' / NaN."""
     out = df.copy()
     is_vae = (out.get("method") == "beta_vae") & (out.get("variant", "vae").fillna("vae") == "vae")
     ended = out[[c for c in out if c.startswith("vae/end/")]].isna().all(axis=1)
@@ -48,7 +60,12 @@ def flag_collapse(df: pd.DataFrame, kl_per_dim: float = KL_PER_DIM,
                     if c in ("vae/active_units", "vae/kl") or c.startswith("vae/kl_per_dim/")}
         for src, dst in {**stand_in, "val_accuracy": "vae/end/val_accuracy"}.items():
             out[dst] = _numeric(out, dst).where(~fallback, _numeric(out, src))
-    dims = out[[c for c in out if c.startswith("vae/end/kl_per_dim/")]].notna().sum(axis=1)
+    per_dim = out[[c for c in out if c.startswith("vae/end/kl_per_dim/")]].apply(
+        pd.to_numeric, errors="coerce")
+    dims = per_dim.notna().sum(axis=1)
+    has_dims = is_vae & (dims > 0)
+    out["collapsed_dims"] = (per_dim < kl_per_dim).sum(axis=1).where(has_dims)
+    out["active_units"] = (per_dim >= kl_per_dim).sum(axis=1).where(has_dims)
     criteria = {
         "no_active_units": _numeric(out, "vae/end/active_units") == 0,
         "low_kl": (_numeric(out, "vae/end/kl") / dims.where(dims > 0)) < kl_per_dim,
@@ -57,20 +74,26 @@ def flag_collapse(df: pd.DataFrame, kl_per_dim: float = KL_PER_DIM,
     }
     for name, fired in criteria.items():
         out[f"collapse/{name}"] = fired.fillna(False).astype(bool) & is_vae
+    out["collapsed"] = out[[f"collapse/{n}" for n in criteria]].any(axis=1)
+    # partial: some dimensions, not all, and no criterion of full collapse
+    criteria["partial_collapse"] = (out["collapsed_dims"] > 0) & (out["collapsed_dims"] < dims)
+    out["collapse/partial_collapse"] = (criteria["partial_collapse"].fillna(False).astype(bool)
+                                        & is_vae & ~out["collapsed"])
     fired_cols = [f"collapse/{n}" for n in criteria]
-    out["collapsed"] = out[fired_cols].any(axis=1)
     out["collapse"] = out[fired_cols].apply(
         lambda r: ",".join(n for n, c in zip(criteria, r, strict=True) if c), axis=1)
     return out
 
 
-BY_BETA = {"vae/mig": "mig", "vae/end/val_accuracy": "vae_end_val_accuracy",
-           "val_accuracy": "val_accuracy", "test_accuracy": "test_accuracy"}
+BY_BETA = {"collapsed_dims": "collapsed_dims", "vae/mig": "mig",
+           "vae/end/val_accuracy": "vae_end_val_accuracy", "val_accuracy": "val_accuracy",
+           "test_accuracy": "test_accuracy"}
 
 
 def collapse_by_beta(df: pd.DataFrame) -> pd.DataFrame:
-    """Per beta bin (log-spaced over the betas present): trials, collapsed count and fraction, and
-    the mean MIG (dsprites trials), accuracy at the end of the VAE phase and final accuracies."""
+    """Per beta bin (log-spaced over the betas present) of a `flag_collapse` table: trials,
+    collapsed count and fraction, and the mean collapsed latent dimensions, MIG (dsprites
+    trials), accuracy at the end of the VAE phase and final accuracies."""
     columns = ["beta", "trials", "collapsed", "fraction", *BY_BETA.values()]
     beta = f"{CONFIG_PREFIX}beta"
     vae = df[df["status"].isin(["complete", "diverged", "degenerate"]) & (df.get("method") == "beta_vae")
@@ -91,7 +114,9 @@ def collapse_by_beta(df: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.collapse", description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", help="study folders")
-    p.add_argument("--kl-per-dim", type=float, default=KL_PER_DIM)
+    p.add_argument("--kl-per-dim", type=float, default=KL_PER_DIM,
+                   help="nats: a latent dimension below it at the VAE's end is collapsed "
+                   "(default %(default)s)")
     p.add_argument("--chance-margin", type=float, default=CHANCE_MARGIN)
     args = p.parse_args(argv)
     try:
@@ -100,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cols = ["study", "trial_id", "status", f"{CONFIG_PREFIX}beta", f"{CONFIG_PREFIX}latent_dim",
-            "vae/end/val_accuracy", "vae/end/active_units", "vae/end/kl", "vae/mig", "val_accuracy",
-            "collapse"]
+            "vae/end/val_accuracy", "vae/end/active_units", "vae/end/kl", "collapsed_dims",
+            "active_units", "vae/mig", "val_accuracy", "collapse"]
     vae = df[df["method"] == "beta_vae"]
     print(vae[[c for c in cols if c in vae]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print()

@@ -181,6 +181,10 @@ def setup(config: dict[str, Any], data: Dataset | None, data_dir: str | None = N
         data = load_dataset(trial.dataset, data_dir)
     data = data.with_label(trial.label_factor).subset_train(trial.train_subset).to(device)
     method = _build_method(trial, method_cfg, data, device)
+    phases = [p for p, _ in method.schedule()]
+    if any(p not in phases for p in method.chance_rule_skips):
+        raise TypeError(f"method {trial.method}: `chance_rule_skips` = {method.chance_rule_skips!r} "
+                        f"names a phase not in its schedule {phases}")
     schedule = [(p, n) for p, n in method.schedule() if n > 0]
     if not schedule:
         raise ConfigError(f"method {trial.method} has no epoch to run: its schedule is {method.schedule()}")
@@ -321,6 +325,17 @@ def evaluate(run: Run, epoch: Epoch) -> tuple[dict[str, Any], dict[str, float], 
     return validation, test, watch.seconds
 
 
+def count_at_chance(run: Run, index: int, val_accuracy: float, at_chance: int) -> int:
+    """Consecutive epochs at chance accuracy up to 0-based epoch `index`, `at_chance` up to the
+    one before: counted from the second epoch on, and never in the phases the method's
+    `chance_rule_skips` names (chance there is what the study measures, e.g. beta_vae's collapsed
+    VAE phase: such an epoch breaks the count, as an epoch away from chance does)."""
+    epoch = run.epoch(index)
+    if index == 0 or epoch.phase in run.method.chance_rule_skips:
+        return 0
+    return at_chance + 1 if near_chance(val_accuracy, run.data.num_classes, run.trial.chance_margin) else 0
+
+
 def degenerate_reason(trial: TrialConfig, epoch: Epoch, metrics: dict[str, Any], at_chance: int
                       ) -> str | None:
     """Why the trial ends early after this epoch as degenerate, or None: never on its last epoch
@@ -366,8 +381,10 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
     A trial ends early as diverged (NaN/inf loss: reported without objectives) or as degenerate
     (`degenerate` = 1 and `degenerate_reason`, reported with this epoch's metrics but no test
     accuracy): its validation accuracy stayed within `chance_margin` of chance for
-    `degenerate_epochs` consecutive epochs from the second on, or its method reported
-    `dead_network` (`degenerate_epochs` = 0: never). The last epoch is never cut short."""
+    `degenerate_epochs` consecutive epochs from the second on, outside the phases its method's
+    `chance_rule_skips` names (beta_vae's VAE phase: a collapse is measured, not cut short), or its
+    method reported `dead_network` (`degenerate_epochs` = 0: never). The last epoch is never cut
+    short."""
     run = start(config, data, data_dir)
     done, at_chance = 0, 0  # epochs done; consecutive epochs at chance accuracy, up to now
     if resume is not None:
@@ -388,8 +405,7 @@ def train(config: dict[str, Any], data: Dataset | None, report: Report,
         validation, test, timings = evaluate(run, epoch)
         metrics = {"epoch": epoch.number, "total_epochs": run.total, "phase": epoch.phase,
                    "epoch_seconds": seconds, **terms, **validation, **timings, **previous, **test}
-        at_chance = at_chance + 1 if index > 0 and near_chance(
-            metrics["val_accuracy"], run.data.num_classes, run.trial.chance_margin) else 0
+        at_chance = count_at_chance(run, index, metrics["val_accuracy"], at_chance)
         degenerate = degenerate_reason(run.trial, epoch, metrics, at_chance)
         if degenerate:  # end early, as diverged trials do, but with the metrics of this epoch
             metrics.update({DEGENERATE_KEY: 1, DEGENERATE_REASON_KEY: degenerate})

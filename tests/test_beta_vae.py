@@ -178,6 +178,68 @@ def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recover
     assert not flags.loc["healthy", "collapsed"], flags.loc["healthy", "collapse"]
 
 
+def test_a_vae_phase_at_chance_runs_to_its_end_and_is_flagged_collapsed(mnist_small, monkeypatch):
+    import pandas as pd
+
+    from analysis.collapse import flag_collapse
+    from study.metrics import near_chance
+
+    # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior and the VAE phase
+    # sits at chance from its first epoch; degenerate_epochs at its default (2)
+    config = tiny_config(epochs=3, head_epochs=2, prune_epochs=0, layer_sparsity=0.0, lr=1e-3, beta=20.0,
+                         ce_reduction="mean", recon_reduction="mean")
+    reports = []
+    train(config, mnist_small, lambda m, d: reports.append(m))
+    vae = [m for m in reports if m["phase"] == "train"]
+    assert [m["epoch"] for m in vae] == [1, 2, 3]
+    assert all(near_chance(m["val_accuracy"], 10) for m in vae)  # counted, it would end at epoch 3
+    assert [m["epoch"] for m in reports] == [1, 2, 3, 4, 5]  # measured to the end instead
+    assert "degenerate" not in reports[-1] and "test_accuracy" in reports[-1]
+    rows = pd.DataFrame([{"method": "beta_vae", "variant": "vae", "status": "complete",
+                          **_last_values(reports)}])
+    flags = flag_collapse(rows).iloc[0]
+    assert flags["collapsed"] and {"no_active_units", "chance_accuracy"} <= set(flags["collapse"].split(","))
+    # most dimensions under 0.01 nats (the posterior's variance, not its mean, keeps a few above):
+    # counted, but a full collapse is not also called partial
+    assert flags["collapsed_dims"] + flags["active_units"] == 16 and flags["collapsed_dims"] >= 8
+    assert not flags["collapse/partial_collapse"] and "partial_collapse" not in flags["collapse"]
+    # without the VAE phase's skip, the same trial would have ended there, its collapse unmeasured
+    monkeypatch.setattr(BetaVAE, "chance_rule_skips", ())
+    cut = []
+    train(config, mnist_small, lambda m, d: cut.append(m))
+    assert [m["epoch"] for m in cut] == [1, 2, 3] and cut[-1]["degenerate"] == 1
+
+
+def test_partial_collapse_counts_the_latent_dimensions_under_the_threshold():
+    import pandas as pd
+
+    from analysis.collapse import collapse_by_beta, flag_collapse
+
+    def row(trial_id, kls, beta=1.0, active=4, method="beta_vae"):
+        return {"trial_id": trial_id, "method": method, "variant": "vae", "status": "complete",
+                "config/beta": beta, "num_classes": 10, "vae/end/val_accuracy": 0.9,
+                "vae/end/active_units": active, "vae/end/kl": sum(kls),
+                **{f"vae/end/kl_per_dim/{j}": v for j, v in enumerate(kls)}}
+
+    rows = pd.DataFrame([
+        row("partial", [3.0, 2.0, 0.001, 0.005]),  # mean KL 1.25 nats per dim: low_kl misses it
+        row("healthy", [3.0, 2.0, 1.0, 0.5]),
+        row("full", [0.001, 0.002, 0.0, 0.003], active=0),
+        row("other", [0.0, 1.0], method="magnitude")])
+    flags = flag_collapse(rows).set_index("trial_id")
+    assert flags.loc["partial", "collapse"] == "partial_collapse" and not flags.loc["partial", "collapsed"]
+    assert (flags.loc["partial", "collapsed_dims"], flags.loc["partial", "active_units"]) == (2, 2)
+    assert flags.loc["healthy", "collapse"] == "" and flags.loc["healthy", "collapsed_dims"] == 0
+    assert flags.loc["full", "collapsed"] and not flags.loc["full", "collapse/partial_collapse"]
+    assert flags.loc["full", "collapsed_dims"] == 4
+    assert flags.loc["other", "collapse"] == "" and pd.isna(flags.loc["other", "collapsed_dims"])
+    # the threshold is a setting: at 0.0001 nats only the exact zero is a collapsed dimension
+    assert flag_collapse(rows, kl_per_dim=1e-4).set_index("trial_id").loc["full", "collapsed_dims"] == 1
+    table = collapse_by_beta(flag_collapse(rows))
+    assert list(table["trials"]) == [3] and list(table["collapsed"]) == [1]
+    assert table["collapsed_dims"].iloc[0] == pytest.approx(2.0)  # (2 + 0 + 4) / 3
+
+
 def test_mig_is_high_for_latents_that_read_off_one_factor_each_and_near_zero_for_noise():
     from study.data import dsprites_factor_codes
     from study.methods.beta_vae import mutual_information_gap
@@ -223,4 +285,21 @@ def test_table_i_marks_rows_outside_the_papers_band():
     # paper vae-5: 96.86 +- 1.0 unpruned (band +- 2.0), 96.15 +- 0.2 pruned (band +- 1.5)
     inside = table_i_markdown([run(0.95, 0.94), run(0.96, 0.945)]).splitlines()[-1]
     assert "| 95.50 +- 0.71 | 96.86 +- 1.0 | yes | 94.25 +- 0.35 | 96.15 +- 0.2 | **no** |" in inside
-    assert "260.0 -> 150.0 | 16.0 | 7.00 | 90.0 |" in inside
+    assert "260.0 -> 150.0 | 16.0 | 7.00 | 90.0 | none |" in inside
+
+
+def test_table_i_keeps_a_collapsed_seed_in_the_mean_and_marks_it():
+    from study.reproduce.shneider2023 import row_config, table_i_markdown
+
+    assert row_config("vae-10", 0, "short")["degenerate_epochs"] == 0  # the rule is off
+
+    def run(seed, unpruned, active, kls, vae_acc):
+        return {"row": "vae-10", "seed": seed, "test_unpruned": unpruned, "test_pruned": unpruned,
+                "bytes_unpruned": 260e3, "bytes_pruned": 150e3, "vae/end/active_units": active,
+                "vae/end/kl": sum(kls), "vae/end/val_accuracy": vae_acc,
+                **{f"vae/end/kl_per_dim/{j}": v for j, v in enumerate(kls)}}
+
+    line = table_i_markdown([run(0, 0.96, 2, [2.0, 1.0], 0.9), run(1, 0.20, 0, [0.0, 0.0], 0.1),
+                             run(2, 0.94, 2, [2.0, 0.001], 0.9)]).splitlines()[-1]
+    assert line.startswith("| vae-10 | 3 | 70.00 +- ")  # the collapsed seed is in the mean
+    assert line.endswith("| seed 1: full, seed 2: partial |")

@@ -455,6 +455,7 @@ class _Minimal:
     metric_prefix = "minimal/"
     architecture = "model"
     variant_settings = ()
+    chance_rule_skips = ()
 
     def schedule(self): ...
     def begin_epoch(self, phase, first): ...
@@ -502,6 +503,14 @@ MALFORMED = [
                  "`variant_settings` = ('criterion',) must be a tuple of settings", id="variant"),
     pytest.param(type("M", (_Minimal,), {"variant_settings": ("model",)}),
                  "other than its architecture", id="variant-is-the-architecture"),
+    pytest.param(type("M", (_Minimal,), {"chance_rule_skips": ["train"]}),
+                 "`chance_rule_skips` = ['train'] must be a tuple of phase names", id="skips-not-a-tuple"),
+    pytest.param(type("M", (_Minimal,), {"chance_rule_skips": "train"}),
+                 "`chance_rule_skips` = 'train' must be a tuple of phase names", id="skips-a-string"),
+    pytest.param(type("M", (_Minimal,), {"chance_rule_skips": (1,)}),
+                 "`chance_rule_skips` = (1,) must be a tuple of phase names", id="skips-not-names"),
+    pytest.param(_without("chance_rule_skips"), "`chance_rule_skips` = None must be a tuple",
+                 id="no-skips"),
     pytest.param(type("M", (_Minimal,), {"metric_prefix": "minimal"}),
                  "metric_prefix must end with '/' and be unique", id="prefix-without-slash"),
     pytest.param(type("M", (_Minimal,), {"metric_prefix": "vae/"}),

@@ -52,6 +52,23 @@ def test_chance_accuracy_for_a_few_epochs_from_the_second_ends_a_trial(mnist_sma
         assert "degenerate" not in reports[-1] and "test_accuracy" in reports[-1]
 
 
+@pytest.mark.parametrize("head_epochs, epochs", [(1, [1, 2, 3, 4]), (3, [1, 2, 3, 4, 5])])
+def test_chance_accuracy_in_the_vae_phase_is_not_counted_but_in_the_head_phase_it_is(
+        mnist_small, head_epochs, epochs):
+    # chance_margin 1: every epoch "at chance". beta_vae's VAE phase (its chance_rule_skips) at
+    # chance is a collapse, measured to its end; the head phase's epochs count from its first
+    config = tiny_config(epochs=3, head_epochs=head_epochs, prune_epochs=0, layer_sparsity=0.0,
+                         latent_dim=2, train_subset=128, chance_margin=1.0)
+    reports, states = run_recorded(config, mnist_small)
+    assert [m["epoch"] for m in reports] == epochs
+    assert [s["at_chance"] for s in states] == [0, 0, 0, *range(1, len(epochs) - 2)]
+    if head_epochs == 1:  # the VAE phase ran out at chance: the trial reached its end
+        assert "degenerate" not in reports[-1] and "test_accuracy" in reports[-1]
+    else:  # 2 head epochs at chance: ended, the skip is the VAE phase's only
+        assert reports[-1]["phase"] == "head" and "test_accuracy" not in reports[-1]
+        assert reports[-1]["degenerate_reason"] == "val_accuracy at chance for 2 epochs"
+
+
 def test_a_degenerate_trial_is_pruned_in_optuna_with_its_reason(tmp_path):
     args = search.parse_args(["reparam", "--storage-dir", str(tmp_path)])
     searcher = search.make_searcher(search.build_space(args), tmp_path, "s", "random", 0)

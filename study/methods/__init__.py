@@ -4,8 +4,10 @@
 something out fails there, with a message saying what to add, not in the middle of a study. What
 the harness derives from the declaration: the metric prefixes `--constraint` accepts
 (`metric_prefixes`), the settings fronts are grouped by (`architecture`, `variant_settings`), the
-networks laid out on the device (`networks()`), MO-ASHA's rung probe (`probe_model()`) and the
-networks each method runs on (`supported_models`: its architecture setting's choices).
+phases whose chance accuracy the degenerate rule does not count (`chance_rule_skips`: a tuple of
+phase names, checked against `schedule()` when a trial starts), the networks laid out on the
+device (`networks()`), MO-ASHA's rung probe (`probe_model()`) and the networks each method runs
+on (`supported_models`: its architecture setting's choices).
 """
 from __future__ import annotations
 
@@ -71,6 +73,12 @@ def register(cls: type, name: str) -> type:
                         "its Config other than its architecture, those whose values make another "
                         "procedure (fronts hold one value of each; () when none), from "
                         f"{sorted(settings)}")
+    skips = getattr(cls, "chance_rule_skips", None)
+    if not isinstance(skips, tuple) or not all(isinstance(p, str) and p for p in skips):
+        raise TypeError(f"{where}: `chance_rule_skips` = {skips!r} must be a tuple of phase names "
+                        "(those of schedule()) whose epochs at chance validation accuracy the "
+                        "degenerate rule does not count, because chance there is what the study "
+                        "measures (beta_vae: ('train',), its VAE phase); () when none")
     prefix = getattr(cls, "metric_prefix", None)
     taken = [*metric_prefixes(), *TRAINABLE_PREFIXES]
     # unique: no prefix may start another's either ('vae/end/' would read as beta_vae's)

@@ -49,8 +49,9 @@ class Method(Protocol):
 
     The declaration (checked by study.methods.register) is all the harness needs beyond these:
     `Config`, `metric_prefix` (the `--constraint` vocabulary), `architecture` and
-    `variant_settings` (what its fronts are grouped by), `networks()` (device layout) and
-    `probe_model()` (MO-ASHA's rungs).
+    `variant_settings` (what its fronts are grouped by), `chance_rule_skips` (the phases whose
+    chance accuracy is what the study measures, not a degenerate trial), `networks()` (device
+    layout) and `probe_model()` (MO-ASHA's rungs).
     """
     Config: type  # a frozen dataclass of settings (study.config.setting), defaults from the paper
     metric_prefix: str  # its diagnostics are reported under it, e.g. "vae/" (ends with "/", unique)
@@ -58,6 +59,12 @@ class Method(Protocol):
     # the Config settings whose values make a different procedure, not a point of the same one (a
     # baseline variant, a criterion): a front holds one value of each, e.g. ("variant",)
     variant_settings: tuple[str, ...]
+    # phases (names of `schedule()`) whose epochs at chance validation accuracy the trainable's
+    # degenerate rule does not count: chance there is what the study measures (beta_vae's VAE
+    # phase: a collapsed posterior), recorded, never cut short; the dead-network rule still
+    # applies. () for most methods. An instance may narrow it for its settings (beta_vae's cnn
+    # variant, no VAE: ()); the trainable reads the instance's and checks it against schedule()
+    chance_rule_skips: tuple[str, ...]
     optimizer: torch.optim.Optimizer  # what the trainable steps; a method may replace it
 
     def __init__(self, config: Any, data: DataInfo, device: torch.device) -> None: ...

@@ -120,6 +120,7 @@ class BetaVAE:
     metric_prefix = "vae/"
     architecture = "model"
     variant_settings = ("variant",)  # Beta-VAE-Classif or the CNN-Classif baseline
+    chance_rule_skips = ("train",)  # the VAE phase: at chance is a collapsed posterior, recorded
 
     def __init__(self, config: BetaVAEConfig, data: DataInfo, device: torch.device):
         self.cfg = config
@@ -130,6 +131,8 @@ class BetaVAE:
                                        with_decoder=config.variant == "vae").to(device)
         self.pruned = False
         self.optimizer = self._new_optimizer()
+        if config.variant == "cnn":  # no VAE: its train phase at chance is a degenerate trial
+            self.chance_rule_skips = ()
 
     def schedule(self) -> list[tuple[str, int]]:
         prune_epochs = self.cfg.prune_epochs if self.cfg.layer_sparsity > 0 else 0

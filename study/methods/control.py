@@ -154,6 +154,7 @@ class Control:
     # counted against itself (never on one front with the model's own widths). `masks` is not: each
     # mask file is a point of the same procedure
     variant_settings = ("shuffle", "widths")
+    chance_rule_skips = ()
 
     def __init__(self, config: ControlConfig, data: DataInfo, device: torch.device):
         self.cfg = config

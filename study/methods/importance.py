@@ -195,6 +195,7 @@ class Importance:
     metric_prefix = "importance/"
     architecture = "model"
     variant_settings = ("variant",)  # ranked, or the random-removal baseline
+    chance_rule_skips = ()
 
     def __init__(self, config: ImportanceConfig, data: DataInfo, device: torch.device):
         self.cfg = config

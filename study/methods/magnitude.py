@@ -117,6 +117,7 @@ class Magnitude:
     metric_prefix = "magnitude/"
     architecture = "model"
     variant_settings = ("criterion", "scope", "schedule")  # each combination is its own baseline
+    chance_rule_skips = ()
 
     def __init__(self, config: MagnitudeConfig, data: DataInfo, device: torch.device):
         self.cfg = config

@@ -170,6 +170,7 @@ class Reparam:
     metric_prefix = "reparam/"
     architecture = "model"
     variant_settings = ("variant",)  # the paper's method, or its MP / MP+FT baselines
+    chance_rule_skips = ()
 
     def __init__(self, config: ReparamConfig, data: DataInfo, device: torch.device):
         self.cfg = config

@@ -6,7 +6,9 @@
 
 Every run is the trainable users run (`study.trainable.train`), outside Ray; what a method kept
 (weights before pruning, widths) is read through the method's own API on the method restored from
-a saved state (`study.trainable.restore_method`). One module per paper, its constants with it.
+a saved state (`study.trainable.restore_method`), with the degenerate rule off
+(`degenerate_epochs` 0): no seed leaves a row's mean +- std for ending early. One module per
+paper, its constants with it.
 """
 from __future__ import annotations
 

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
             config = {"method": "reparam", "dataset": args.dataset, "model": args.model,
                       "variant": variant, "pruning_rate": rate, "epochs": args.epochs,
                       "finetune_epochs": args.finetune_epochs, "seed": args.seed,
+                      "degenerate_epochs": 0,  # a run at chance (mag at 99%) is a number of the table
                       **dict(map(parse_assignment, args.set))}
             result = table_row(config, data)
             print(json.dumps(result), flush=True)

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> None:
             for seed in range(args.seeds):
                 config = {"method": "importance", "dataset": "mnist", "model": MODEL,
                           "variant": variant, "target_fraction": fraction, "seed": seed,
+                          "degenerate_epochs": 0,  # every seed stays in the mean +- std
                           **dict(map(parse_assignment, args.set))}
                 result = curve_point(config, data, original)
                 print(json.dumps(result), flush=True)
