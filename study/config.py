@@ -27,7 +27,9 @@ RENAMED = {"sparsity": "layer_sparsity"}
 
 # settings whose role another took, so configs of older studies (exports, re-runs) say what to set
 REPLACED = {"recovery_epochs": "importance's 'epochs' is now the trial's total budget: the rounds "
-                               "fit inside it and the rest is recovery, spread over the rounds"}
+                               "fit inside it and the rest is recovery, spread over the rounds",
+            "ce_reduction": "beta_vae's cross-entropy weight no longer depends on the batch size: "
+                            "set 'ce_weight' (sum at batch B = ce_weight B; mean = ce_weight 1)"}
 
 
 def check_not_renamed(key: str) -> None:
@@ -56,6 +58,11 @@ class TrialConfig:
                                    "(on a CPU 128 decodes 2x faster than 256, 5x than 1024, "
                                    "measured; raise it on a GPU)", low=1)
     train_subset: int = setting(0, "train on this many samples of the training split (0: all)", low=0)
+    augment: str = setting("auto", "training batches only: crop_flip = zero-pad 4 px, random crop "
+                           "back to size, random horizontal flip, per image, drawn from the "
+                           "seed; none; auto = crop_flip on cifar10 and cifar10_jpeg, none on "
+                           "every other dataset (folder:PATH included)",
+                           choices=("auto", "none", "crop_flip"))
     label_factor: str = setting("", "class label from this generative factor, for datasets that have "
                                 "them (dsprites: shape, scale, orientation, pos_x, pos_y); '': the "
                                 "dataset's own label (dsprites: shape)")

@@ -31,6 +31,10 @@ _TORCHVISION = {
 # Named ImageFolder datasets: name -> folder under the data root.
 _FOLDERS = {"cifar10_jpeg": "CIFAR10-JPEG"}
 DATASETS = tuple(_TORCHVISION) + tuple(_FOLDERS) + ("dsprites",)
+# Training-batch augmentations (TrialConfig.augment); `auto` picks per dataset (`resolve_augment`)
+AUGMENTS = ("auto", "none", "crop_flip")
+CROP_PADDING = 4  # pixels of zero padding on each side before the random crop (crop_flip)
+_CROP_FLIP_DATASETS = ("cifar10", "cifar10_jpeg")  # CIFAR: Dupont et al. 2021's baselines' crop + flip
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -282,16 +286,50 @@ def load_dsprites(root: Path) -> Dataset:
                    test_factors=codes[test])
 
 
+def resolve_augment(augment: str, dataset: str) -> str:
+    """The augmentation `augment` means for `dataset`: `auto` is `crop_flip` for CIFAR-10
+    (`cifar10`, `cifar10_jpeg`) and `none` for every other dataset, `folder:PATH` included (its
+    images could be anything: set `crop_flip` to have it)."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+    if augment == "auto":
+        return "crop_flip" if dataset in _CROP_FLIP_DATASETS else "none"
+    return augment
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+    """A batch (N, C, H, W) randomly cropped and flipped, each image its own draw, in one gather:
+    zero-padded by `padding` on every side, an H x W window cut at a uniform offset in
+    [0, 2 * padding] per axis, then mirrored left-right with probability 1/2 (torchvision's
+    RandomCrop(padding=4) + RandomHorizontalFlip). The draws come from `generator` on the CPU (the
+    same on every device: offsets, then flips), the gather runs on x's device."""
+    n, c, h, w = x.shape
+    shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).to(x.device)
+    flips = torch.randint(0, 2, (n,), generator=generator).bool().to(x.device)
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = shifts[:, :1] + torch.arange(h, device=x.device)  # (N, H)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = shifts[:, 1:] + torch.where(flips[:, None], w - 1 - cols, cols)  # (N, W)
+    return padded[torch.arange(n, device=x.device)[:, None, None, None],
+                  torch.arange(c, device=x.device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            generator: torch.Generator | None = None,
+            augment: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (float images in [0, 1], labels) on x's device; shuffled when a generator is
-    given (the permutation is drawn on the CPU so it is the same on every device), in order if not.
-    On CUDA, image batches are channels_last."""
+    given (the permutation is drawn on the CPU so it is the same on every device), in order if not;
+    randomly cropped and flipped (`crop_flip`, drawn from `augment`) when `augment` is given, which
+    only training batches are. On CUDA, image batches are channels_last."""
     n = len(y)
     order = torch.randperm(n, generator=generator).to(x.device) if generator is not None else None
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-        xb = x[idx].float().div_(255)
+        xb = x[idx]
+        if augment is not None:  # on the uint8 images: zero padding is black, as in torchvision
+            xb = crop_flip(xb, augment)
+        xb = xb.float().div_(255)
         if xb.is_cuda and xb.dim() == 4:  # NHWC, as the convolutions' weights (to_channels_last)
             xb = xb.contiguous(memory_format=torch.channels_last)
         yield xb, y[idx]

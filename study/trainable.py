@@ -26,7 +26,7 @@ import torch
 
 from study import config as cfgmod
 from study.config import ConfigError, TrialConfig
-from study.data import Dataset, batches, load_dataset
+from study.data import Dataset, batches, load_dataset, resolve_augment
 from study.methods import METHODS
 from study.methods.base import Batches, DataInfo, EpochEnd, Method
 from study.metrics import accuracy, near_chance
@@ -34,6 +34,7 @@ from study.outcome import DEGENERATE_KEY, DEGENERATE_REASON_KEY, DIVERGED_KEY, F
 from study.sparsity import DenseReference, size_metrics
 
 STATE_FILE = "state.pt"
+AUGMENT_STREAM = 1  # mixed with the trial's seed into the augmentation generator's seed
 # (metrics, folder holding this epoch's state, or None when there is no state worth keeping)
 Report = Callable[[dict[str, Any], Path | None], None]
 
@@ -62,20 +63,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
+def _rng_state(batch_rng: torch.Generator, augment_rng: torch.Generator | None = None) -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(), "batches": batch_rng.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    state = {"python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state(), "batches": batch_rng.get_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    if augment_rng is not None:  # only trials that augment: the others' states are as they were
+        state["augment"] = augment_rng.get_state()
+    return state
 
 
-def _set_rng_state(state: dict[str, Any], batch_rng: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], batch_rng: torch.Generator,
+                   augment_rng: torch.Generator | None = None) -> None:
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     batch_rng.set_state(state["batches"])
+    if augment_rng is not None:
+        if "augment" not in state:
+            raise ValueError("the checkpoint has no augmentation state: it was saved by a trial "
+                             "that did not augment (set augment: none to resume it)")
+        augment_rng.set_state(state["augment"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -240,6 +250,8 @@ class Run:
     rungs: set[int]  # epochs that also report the rung objectives (--scheduler mo-asha)
     batch_rng: torch.Generator  # draws the batches' order, apart from the global generators
     autocast: contextlib.AbstractContextManager
+    # draws the training batches' crops and flips (TrialConfig.augment); None: not augmented
+    augment_rng: torch.Generator | None = None
 
     @property
     def total(self) -> int:
@@ -254,7 +266,9 @@ class Run:
 
 def start(config: dict[str, Any], data: Dataset | None, data_dir: str | None = None) -> Run:
     """A trial at its start: `setup`, the dense reference measured on the initial network, the
-    rung epochs and the batch generator seeded with the trial's seed."""
+    rung epochs, the batch generator seeded with the trial's seed and, when the trial augments
+    (`resolve_augment` of its `augment` and dataset), the augmentation's own generator, seeded from
+    the trial's seed too but a stream apart from the batch order's."""
     trial, data, method, schedule = setup(config, data, data_dir)
     dense = DenseReference.of(method.inference_model(), data.input_shape)
     rungs: set[int] = set()
@@ -262,8 +276,13 @@ def start(config: dict[str, Any], data: Dataset | None, data_dir: str | None = N
         from study.scheduler import parse_rung_epochs
 
         rungs = set(parse_rung_epochs(trial.rung_epochs))
+    augment_rng = None
+    if resolve_augment(trial.augment, trial.dataset) == "crop_flip":
+        seed = int(np.random.SeedSequence([trial.seed, AUGMENT_STREAM]).generate_state(1, np.uint64)[0])
+        augment_rng = torch.Generator().manual_seed(seed)
     return Run(config, trial, data, method, schedule, dense, rungs,
-               torch.Generator().manual_seed(trial.seed), autocast_on(data.train_x.device))
+               torch.Generator().manual_seed(trial.seed), autocast_on(data.train_x.device),
+               augment_rng)
 
 
 def restore(run: Run, state: dict[str, Any]) -> tuple[int, int]:
@@ -271,7 +290,7 @@ def restore(run: Run, state: dict[str, Any]) -> tuple[int, int]:
     generator; returns (epochs done, consecutive epochs at chance accuracy up to then)."""
     run.method.load_state_dict(state["method"])
     run.dense = DenseReference(**state["dense"])
-    _set_rng_state(state["rng"], run.batch_rng)
+    _set_rng_state(state["rng"], run.batch_rng, run.augment_rng)
     return state["epoch"], state.get("at_chance", 0)
 
 
@@ -281,7 +300,8 @@ def train_pass(run: Run, epoch: Epoch) -> tuple[dict[str, float], float]:
     t0 = time.perf_counter()
     with run.autocast:
         terms = train_epoch(run.method, epoch.phase, epoch.first, batches(
-            run.data.train_x, run.data.train_y, run.trial.batch_size, run.batch_rng))
+            run.data.train_x, run.data.train_y, run.trial.batch_size, run.batch_rng,
+            augment=run.augment_rng))
         terms.update(run.method.end_pass(epoch.phase, epoch.last, dict(terms)))
     return terms, time.perf_counter() - t0
 
@@ -357,7 +377,7 @@ def checkpoint_or_report(run: Run, epoch: Epoch, metrics: dict[str, Any], at_cha
     watch = Stopwatch()
     if checkpoint:
         state = {"epoch": epoch.number, "method": run.method.state_dict(),
-                 "rng": _rng_state(run.batch_rng), "dense": vars(run.dense),
+                 "rng": _rng_state(run.batch_rng, run.augment_rng), "dense": vars(run.dense),
                  "config": dict(run.config), "metrics": metrics, "at_chance": at_chance}
         with tempfile.TemporaryDirectory(prefix="prunestudy-ckpt-") as d:
             with watch("save_seconds"):

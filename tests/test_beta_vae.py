@@ -126,19 +126,76 @@ def test_loss_reductions_scale_their_terms_as_documented(mnist):
         torch.manual_seed(1)  # the same reparametrization noise for every variant
         return {k: float(v.detach()) for k, v in _vae(beta=3.0, **settings).vae_loss(x, y).items()}
 
-    base = terms(ce_reduction="mean")
-    summed = terms()  # the default: Eq. 2, the cross-entropy summed over the batch
+    base = terms(ce_weight=1.0)  # the old ce_reduction=mean
+    summed = terms()  # the default, ce_weight 32: Eq. 2 summed over this batch of 32
     assert summed["train/ce"] == pytest.approx(base["train/ce"])  # reported per sample either way
-    # Eq. 3: beta * KL + reconstruction + cross-entropy, the cross-entropy batch-summed by default
+    # Eq. 3: beta * KL + reconstruction + ce_weight * the per-image mean cross-entropy
     assert summed["loss"] == pytest.approx(3 * base["train/kl"] + base["train/recon"] + 32 * base["train/ce"],
                                            rel=1e-5)
     assert base["loss"] == pytest.approx(3 * base["train/kl"] + base["train/recon"] + base["train/ce"],
                                          rel=1e-5)
-    per_pixel = terms(ce_reduction="mean", recon_reduction="mean")
+    per_pixel = terms(ce_weight=1.0, recon_reduction="mean")
     assert per_pixel["train/recon"] == pytest.approx(base["train/recon"] / 784, rel=1e-5)
     on_mean = terms(ce_input="mean")
     assert on_mean["train/ce"] != pytest.approx(summed["train/ce"])  # the head saw mu, not z
     assert on_mean["train/kl"] == pytest.approx(summed["train/kl"])
+
+
+def test_ce_weight_32_is_the_old_sum_over_a_batch_of_32_bit_for_bit(mnist):
+    """ce_weight == len(x) == 32: the factor ce_weight / len(x) is exactly 1.0, so the loss is the
+    summed cross-entropy of the old ce_reduction=sum, to the bit."""
+    import torch.nn.functional as F
+
+    x, y = mnist.val_x[:32].float() / 255, mnist.val_y[:32]
+    method = _vae(beta=3.0)
+    torch.manual_seed(1)
+    got = method.vae_loss(x, y)
+    torch.manual_seed(1)  # the old code's cross-entropy on the same noise
+    mu, logvar = method.model.encode(x)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    old_ce = F.cross_entropy(method.model.head(z), y, reduction="sum")
+    assert torch.equal(got["loss"], 3.0 * got["train/kl"] + got["train/recon"] + old_ce)
+
+
+def test_the_loss_balance_does_not_change_with_the_batch_size(mnist, monkeypatch):
+    """The same per-image data in one batch of 64 or as two batches of 32, ce_weight fixed: every
+    term (and so the loss) of the batch of 64 is the mean of the two halves' terms, the cross-entropy
+    carrying the same weight against the per-image VAE terms. Under the old ce_reduction=sum its
+    weight was the batch size, 64 against 32."""
+    x, y = mnist.val_x[:64].float() / 255, mnist.val_y[:64]
+    method = _vae(beta=3.0, ce_weight=5.0, ce_input="mean")
+    # no reparametrization noise: the decoder sees mu, each image's terms fixed whatever its batch
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+
+    def loss_terms(xb, yb):
+        with torch.no_grad():
+            return {k: v.double() for k, v in method.vae_loss(xb, yb).items()}
+
+    whole = loss_terms(x, y)
+    halves = [loss_terms(x[:32], y[:32]), loss_terms(x[32:], y[32:])]
+    for key in ("loss", "train/ce", "train/recon", "train/kl"):
+        assert float(whole[key]) == pytest.approx(float(halves[0][key] + halves[1][key]) / 2, rel=1e-5), key
+    # the cross-entropy's weight against the VAE terms, read off the loss: ce_weight at either size
+    for terms in (whole, *halves):
+        weight = (terms["loss"] - 3.0 * terms["train/kl"] - terms["train/recon"]) / terms["train/ce"]
+        assert float(weight) == pytest.approx(5.0, rel=1e-4)
+
+
+def test_ce_weight_is_in_every_trials_config_and_ce_reduction_says_what_replaced_it():
+    from study.config import ConfigError
+    from study.spaces import load_space
+    from study.trainable import parse_config
+
+    space = load_space("beta_vae")
+    space.fill_defaults()
+    assert space.fixed["ce_weight"] == 32.0  # a setting: params.json, W&B and exports hold it
+    assert parse_config({"method": "beta_vae", "ce_weight": 1.0})[1].ce_weight == 1.0
+    for old in ("sum", "mean"):
+        with pytest.raises(ConfigError, match=r"'ce_reduction' is gone: .*set 'ce_weight' \(sum at batch B "
+                                              r"= ce_weight B; mean = ce_weight 1\)"):
+            parse_config({"method": "beta_vae", "ce_reduction": old})
+    with pytest.raises(ConfigError, match="'ce_weight' must be in"):
+        parse_config({"method": "beta_vae", "ce_weight": 0.0})
 
 
 def _last_values(reports: list[dict]) -> dict:
@@ -158,7 +215,7 @@ def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recover
               "layer_sparsity": 0.0, "lr": 3e-3}
     # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior (the issue's case)
     collapsed = []
-    train(tiny_config(**common, beta=20.0, ce_reduction="mean", recon_reduction="mean"), mnist_small,
+    train(tiny_config(**common, beta=20.0, ce_weight=1.0, recon_reduction="mean"), mnist_small,
           lambda m, d: collapsed.append(m))
     healthy = []
     train(tiny_config(**common, beta=1.0), mnist_small, lambda m, d: healthy.append(m))
@@ -187,7 +244,7 @@ def test_a_vae_phase_at_chance_runs_to_its_end_and_is_flagged_collapsed(mnist_sm
     # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior and the VAE phase
     # sits at chance from its first epoch; degenerate_epochs at its default (2)
     config = tiny_config(epochs=3, head_epochs=2, prune_epochs=0, layer_sparsity=0.0, lr=1e-3, beta=20.0,
-                         ce_reduction="mean", recon_reduction="mean")
+                         ce_weight=1.0, recon_reduction="mean")
     reports = []
     train(config, mnist_small, lambda m, d: reports.append(m))
     vae = [m for m in reports if m["phase"] == "train"]

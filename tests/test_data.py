@@ -107,3 +107,17 @@ def test_dsprites_images_follow_their_factors():
 def test_label_factor_on_a_dataset_without_factors_is_refused(mnist):
     with pytest.raises(DataError, match="mnist has no factor 'shape'"):
         mnist.with_label("shape")
+
+
+def test_batches_are_augmented_only_when_given_an_augmentation_generator(mnist):
+    x, y = mnist.val_x[:256], mnist.val_y[:256]
+    plain = [xb for xb, _ in batches(x, y, 64, torch.Generator().manual_seed(3))]
+    assert torch.equal(torch.cat(plain), x[torch.randperm(256, generator=torch.Generator().manual_seed(3))]
+                       .float() / 255)  # no augmentation unless asked: the images as they are
+    aug = [(xb, yb) for xb, yb in batches(x, y, 64, torch.Generator().manual_seed(3),
+                                          augment=torch.Generator().manual_seed(0))]
+    assert torch.equal(torch.cat([yb for _, yb in aug]),
+                       torch.cat([yb for _, yb in batches(x, y, 64, torch.Generator().manual_seed(3))]))
+    assert all(xb.shape == p.shape and xb.dtype == torch.float32 and 0 <= float(xb.min())
+               and float(xb.max()) <= 1 for (xb, _), p in zip(aug, plain, strict=True))
+    assert not torch.equal(torch.cat([xb for xb, _ in aug]), torch.cat(plain))

@@ -49,7 +49,7 @@ EXPECT = {
     "beta_vae": {
         "searched": {"beta", "layer_sparsity", "lr"}, "exactly": False, "fixed": {"latent_dim"},
         # every setting it ran with, defaults included, whether searched, fixed or neither
-        "config": {"latent_dim": 4, "ce_reduction": "sum", "eval_batch_size": TrialConfig.eval_batch_size},
+        "config": {"latent_dim": 4, "ce_weight": 32.0, "eval_batch_size": TrialConfig.eval_batch_size},
         "epochs": [1, 2, 3],
         "first_keys": {"val_accuracy", "sparsity", "vae/kl", "vae/active_units", "params"},
         "every_keys": set(),

@@ -52,10 +52,12 @@ class BetaVAEConfig:
     lr: float = setting(1e-3, "Adam learning rate", low=1e-7, high=1.0)
     epochs: int = setting(30, "epochs of the full loss (KL + reconstruction + cross-entropy)", low=0)
     head_epochs: int = setting(2, "epochs of cross-entropy after the decoder is removed", low=0)
-    ce_reduction: str = setting("sum", "cross-entropy over a batch, beside the VAE terms averaged "
-                                "over it: sum (Eq. 2: its weight against them is the batch size) "
-                                "or mean (weight 1: the classifier barely trains while the VAE "
-                                "is whole, docs/benchmarks.md)", choices=("sum", "mean"))
+    ce_weight: float = setting(32.0, "weight of the per-image mean cross-entropy (Eq. 2) against "
+                               "the per-image VAE terms (Eq. 1) in Eq. 3; whatever the batch size. "
+                               "32 reproduces the paper-reading default, the cross-entropy summed "
+                               "over a Keras batch of 32; 1 is the old ce_reduction=mean (the "
+                               "classifier barely trains while the VAE is whole, docs/benchmarks.md)",
+                               low=1e-6)
     recon_reduction: str = setting("sum", "reconstruction over an image's pixels: sum "
                                    "(-log p(x|z) of Eq. 1, Bernoulli pixels) or mean (Keras' "
                                    "binary_crossentropy default: 1/pixels of it)",
@@ -167,18 +169,21 @@ class BetaVAE:
 
     def vae_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eq. 3 on a batch: the Beta-VAE loss of Eq. 1 per image (averaged over the batch) plus
-        the cross-entropy of Eq. 2 (summed over the batch by default, see `ce_reduction`)."""
+        `ce_weight` times the per-image mean cross-entropy of Eq. 2: the balance of the terms does
+        not depend on the batch size. The cross-entropy is computed summed and scaled by
+        ce_weight / len(x), a factor of exactly 1.0 at ce_weight == len(x) (the old
+        `ce_reduction=sum` at a batch of 32, bit for bit)."""
         mu, logvar = self.model.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparametrization trick
-        ce = F.cross_entropy(self.model.head(z if self.cfg.ce_input == "sample" else mu), y,
-                             reduction=self.cfg.ce_reduction)  # Eq. 2
+        ce_sum = F.cross_entropy(self.model.head(z if self.cfg.ce_input == "sample" else mu), y,
+                                 reduction="sum")  # Eq. 2, over the batch
         recon = F.binary_cross_entropy_with_logits(  # -log p(x|z) of Eq. 1, Bernoulli pixels
             self.model.decoder(z), x, reduction="none").flatten(1)
         recon = (recon.sum(dim=1) if self.cfg.recon_reduction == "sum" else recon.mean(dim=1)).mean()
         kl = kl_per_dim(mu, logvar).sum(dim=1).mean()  # KL term of Eq. 1, per image
-        # train/ce is always the per-sample mean, whatever the loss's reduction, so runs compare
-        per_sample_ce = ce / len(x) if self.cfg.ce_reduction == "sum" else ce
-        return {"loss": self.cfg.beta * kl + recon + ce, "train/ce": per_sample_ce.detach(),
+        ce = ce_sum * (self.cfg.ce_weight / len(x))
+        # train/ce is always the per-sample mean, whatever ce_weight, so runs compare
+        return {"loss": self.cfg.beta * kl + recon + ce, "train/ce": (ce_sum / len(x)).detach(),
                 "train/recon": recon, "train/kl": kl}
 
     def end_pass(self, phase: str, last: bool, terms: dict[str, float]) -> dict[str, float]:
