@@ -120,8 +120,9 @@ def conv4(input_shape, num_classes, mean, std) -> FeaturesHead:
 
 
 def reddy_cnn(input_shape, num_classes, mean, std) -> FeaturesHead:
-    """reddy's CIFAR CNN: two conv blocks to a 2048-wide fully connected input (32 channels at
-    8x8 on 32x32 inputs), then three hidden layers halving it, then the classes."""
+    """reddy's CIFAR CNN, its widths assumed (the paper does not give them): two conv blocks to a
+    2048-wide fully connected input (32 channels at 8x8 on 32x32 inputs), then three hidden
+    layers halving it, then the classes."""
     c, h, w = input_shape
     features = nn.Sequential(
         Normalize(mean, std),

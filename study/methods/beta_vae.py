@@ -42,13 +42,14 @@ class BetaVAEConfig:
     variant: str = setting("vae", "vae: Beta-VAE-Classif; cnn: the CNN-Classif baseline",
                            choices=("vae", "cnn"))
     beta: float = setting(1.0, "weight of the KL term (Eq. 1); the paper tries 1, 3, 5, 10", low=0.0)
-    latent_dim: int = setting(16, "size of the latent z; the paper does not give it. 16 keeps the "
+    latent_dim: int = setting(16, "size of the latent z; assumed: the paper does not give it. 16 keeps the "
                               "69k size (69,450 params) and reproduces Table I's CNN under 50% "
                               "per-layer pruning; Keras' example's 2 loses 17 points there "
                               "(docs/benchmarks.md)", low=1, high=1024)
     encoder_hidden: int = setting(0, "units of the encoder's dense layer; 0: paper-sized for the "
-                                  "input (16 on grayscale: 69k params on 28x28; 700 on colour: "
-                                  "2.9M on 32x32x3)", low=0)
+                                  "input, assumed from the paper's sizes (16 on grayscale: 69k "
+                                  "params on 28x28; 700 on colour: 2.9M on 32x32x3, inferred "
+                                  "from its CIFAR-10 size)", low=0)
     lr: float = setting(1e-3, "Adam learning rate", low=1e-7, high=1.0)
     epochs: int = setting(30, "epochs of the full loss (KL + reconstruction + cross-entropy)", low=0)
     head_epochs: int = setting(2, "epochs of cross-entropy after the decoder is removed", low=0)
