@@ -30,7 +30,9 @@ from study import layout
 from study.metrics import OBJECTIVES
 from study.outcome import is_final
 from study.pareto import pareto_mask
+from study.rerun import add_arguments as rerun_flags
 from study.rerun import rerun
+from study.rerun import resources as rerun_resources
 
 MEASURED = (*OBJECTIVES, "test_accuracy")
 
@@ -112,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study", help="study folder")
     p.add_argument("--seeds", type=int, default=3, help="new seeds per front trial (default 3)")
     p.add_argument("--out", help="output folder (default: STUDY/analysis)")
-    p.add_argument("--cpus-per-trial", type=float, default=None,
-                   help="CPUs per run (default: the study's)")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="GPUs per run (default: the study's)")
-    p.add_argument("--max-concurrent", type=int, default=0, help="runs at once (0: as many as fit)")
-    p.add_argument("--address", help="join this Ray cluster instead of starting one locally")
+    rerun_flags(p)
     p.add_argument("--no-wandb", action="store_true", help="do not log the table to W&B")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.max_concurrent < 0:
@@ -138,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = seed_runs(front, args.seeds)
     print(f"re-running {len(front)} front trials with {args.seeds} new seeds each: {len(runs)} runs",
           flush=True)
-    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else info.get("cpus_per_trial", 1.0)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else info.get("gpus_per_trial", 0.0)
+    cpus, gpus = rerun_resources(args, info)
     reports = rerun([r["config"] for r in runs], info["dataset"], info["data_dir"],
                     out / "robust-runs", f"robust-{time.strftime('%Y%m%d-%H%M%S')}", cpus, gpus,
                     args.max_concurrent, args.address)

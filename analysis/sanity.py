@@ -45,6 +45,8 @@ from analysis.results import StudyError, load_results, study_info
 from study import layout
 from study.methods.control import KEPT_WEIGHTS
 from study.outcome import is_final, outcome
+from study.rerun import add_arguments as rerun_flags
+from study.rerun import resources as rerun_resources
 from study.sanity import METHOD, ControlRun, SanityError, run_controls
 
 MEASURED = ("val_accuracy", "test_accuracy")
@@ -183,12 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         "difference, 1/8 with 3; with 1 the verdict rests on one seed)")
     p.add_argument("--out", help="output folder (default: STUDY/analysis); on a multi-node cluster, "
                                  "storage every node reads (the controls read their masks there)")
-    p.add_argument("--cpus-per-trial", type=float, default=None,
-                   help="CPUs per run (default: the study's)")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="GPUs per run (default: the study's)")
-    p.add_argument("--max-concurrent", type=int, default=0, help="runs at once (0: as many as fit)")
-    p.add_argument("--address", help="join this Ray cluster instead of starting one locally")
+    rerun_flags(p)
     args = p.parse_args(argv)
     if args.seeds < 1 or args.max_concurrent < 0:
         p.error(f"--seeds must be at least 1 and --max-concurrent not negative, got {args.seeds} "
@@ -201,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if front.empty:
             raise StudyError(f"{study_dir} has no front trial to control (no complete, feasible "
                              "trial away from chance)")
-        cpus = args.cpus_per_trial if args.cpus_per_trial is not None else info.get("cpus_per_trial", 1.0)
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else info.get("gpus_per_trial", 0.0)
+        cpus, gpus = rerun_resources(args, info)
         print(f"training, for each of {len(front)} front trials, its config again and its controls, "
               f"{args.seeds} seeds each", flush=True)
         runs = run_controls([layout.trial_dir(study_dir, t) for t in front["trial_id"]], args.seeds,

@@ -4,9 +4,28 @@ search runs, with the same resources, as many at a time as they allow.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a re-run's resources (`prunestudy robust`, `prunestudy sanity`)."""
+    parser.add_argument("--cpus-per-trial", type=float, default=None,
+                        help="CPUs per run (default: the study's)")
+    parser.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs per run (default: the study's)")
+    parser.add_argument("--max-concurrent", type=int, default=0,
+                        help="runs at once (0: as many as fit)")
+    parser.add_argument("--address", help="join this Ray cluster instead of starting one locally")
+
+
+def resources(args: argparse.Namespace, info: dict[str, Any]) -> tuple[float, float]:
+    """(CPUs, GPUs) per run: the flags' where given, else the study's (its study.json `info`)."""
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else info.get("cpus_per_trial", 1.0)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else info.get("gpus_per_trial", 0.0)
+    return cpus, gpus
 
 
 def _run_config(config: dict[str, Any], data=None) -> None:

@@ -53,11 +53,10 @@ from study import layout
 from study.config import TrialConfig
 from study.data import Dataset, load_dataset
 from study.methods import METHODS
-from study.methods.base import DataInfo
 from study.outcome import is_final
 from study.pruning import Masks, clone, hidden_layers, make_permanent, prunable_modules
 from study.rerun import rerun
-from study.trainable import load_state, parse_config, restore_method
+from study.trainable import build_method, load_state, parse_config, restore_method
 
 SHUFFLE, REINIT, SMALL_DENSE = "shuffle", "reinit", "small_dense"
 METHOD = "method"  # the trial's own config trained again with the controls' seeds
@@ -121,11 +120,7 @@ def _built(config: dict[str, Any], data: Dataset) -> nn.Module:
     """The inference network of the trial `config` as its method builds it, before training (for a
     pruned trial: the dense architecture its sizes are counted against); the caller's random draws
     are left as they were."""
-    trial, method_cfg = parse_config(config)
-    data = data.with_label(trial.label_factor)
-    info = DataInfo(data.input_shape, data.num_classes, data.mean, data.std)
-    with torch.random.fork_rng():
-        return METHODS[trial.method](method_cfg, info, torch.device("cpu")).inference_model()
+    return build_method(config, data).inference_model()
 
 
 def kept_masks(model: nn.Module) -> Masks:

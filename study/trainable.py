@@ -214,16 +214,21 @@ def _random_state_kept():
         np.random.set_state(numpy)
 
 
-def restore_method(config: dict[str, Any], state: dict[str, Any] | str | Path, data: Dataset) -> Method:
-    """The method of the trial `config`, built as `setup` builds it, on the device `data` is on,
-    with a state `train` saved (the state, or the folder holding it) loaded by the method's own
-    `load_state_dict`. Readers ask a trial's method what it kept through its public methods, never
-    through a checkpoint's keys. The caller's random draws are left as they were."""
-    if not isinstance(state, dict):
-        state = load_state(state)
+def build_method(config: dict[str, Any], data: Dataset) -> Method:
+    """The method of the trial `config` as `setup` builds it, before training, on the device `data`
+    is on. The caller's random draws are left as they were."""
     trial, method_cfg = parse_config(config)
     with _random_state_kept():
-        method = _build_method(trial, method_cfg, data.with_label(trial.label_factor), data.train_x.device)
+        return _build_method(trial, method_cfg, data.with_label(trial.label_factor), data.train_x.device)
+
+
+def restore_method(config: dict[str, Any], state: dict[str, Any] | str | Path, data: Dataset) -> Method:
+    """The method of the trial `config` (`build_method`) with a state `train` saved (the state, or
+    the folder holding it) loaded by the method's own `load_state_dict`. Readers ask a trial's
+    method what it kept through its public methods, never through a checkpoint's keys."""
+    if not isinstance(state, dict):
+        state = load_state(state)
+    method = build_method(config, data)
     method.load_state_dict(state["method"])
     return method
 

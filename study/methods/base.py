@@ -103,3 +103,12 @@ class Method(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float, momentum: float,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """A method's optimizer from its `optimizer` setting: Adam, or SGD with `momentum` (the
+    setting's two choices wherever a method offers them)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

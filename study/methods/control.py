@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ConfigError, setting
-from study.methods.base import DataInfo, EpochEnd
+from study.methods.base import DataInfo, EpochEnd, make_optimizer
 from study.models import MODELS, build_model, bvae_cnn
 from study.pruning import (
     Masks,
@@ -167,10 +167,8 @@ class Control:
             apply_masks(self.model, {name: keep.to(device) for name, keep in masks.items()})
             self.stage = "masked"
         params = self.model.parameters()  # after masking: weight_orig, the objects kept to the end
-        self.optimizer = (torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-                          if config.optimizer == "adam" else
-                          torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                          weight_decay=config.weight_decay))
+        self.optimizer = make_optimizer(config.optimizer, params, config.lr, config.momentum,
+                                        config.weight_decay)
 
     def schedule(self) -> list[tuple[str, int]]:
         return [("train", self.cfg.epochs)]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ConfigError, setting
-from study.methods.base import DataInfo, EpochEnd
+from study.methods.base import DataInfo, EpochEnd, make_optimizer
 from study.metrics import accuracy
 from study.models import MODELS, build_model
 from study.pruning import OptimizerState, hidden_layers, remove_neurons, resize_hidden
@@ -231,9 +231,8 @@ class Importance:
             (f"round{r}", 1 + recovery + (r > self.rounds - extra)) for r in range(1, self.rounds + 1)]
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        return make_optimizer(self.cfg.optimizer, self.model.parameters(), self.cfg.lr,
+                              self.cfg.momentum)
 
     def widths(self) -> dict[str, int]:
         return {name: self.model.head[i].out_features for name, i, _ in hidden_layers(self.model.head)}

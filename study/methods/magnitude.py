@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ConfigError, setting
-from study.methods.base import DataInfo, EpochEnd
+from study.methods.base import DataInfo, EpochEnd, make_optimizer
 from study.models import MODELS, build_model
 from study.pruning import (
     Masks,
@@ -124,10 +124,8 @@ class Magnitude:
         self.model = build_model(config.model, data.input_shape, data.num_classes, data.mean,
                                  data.std).to(device)
         params = self.model.parameters()  # masking keeps these objects (weight -> weight_orig)
-        self.optimizer = (torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-                          if config.optimizer == "adam" else
-                          torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                          weight_decay=config.weight_decay))
+        self.optimizer = make_optimizer(config.optimizer, params, config.lr, config.momentum,
+                                        config.weight_decay)
         # the random order of the weights, drawn once from the trial's seed (the trainable seeds
         # the global generator before building a method): every random mask is a prefix of it
         self.priority_seed = int(torch.randint(2**62, ()))
