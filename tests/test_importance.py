@@ -119,6 +119,21 @@ def test_lambdas_weight_c_avg_and_c_max_and_change_which_neuron_is_lowest():
     assert int(meter.scores(0.0, 1.0).argmin()) == 0  # C_max alone: the never-peaking one goes
 
 
+def test_mix_is_c_max_share_and_replaces_both_lambdas():
+    def method_cfg(**kw):
+        return parse_config({"method": "importance", **kw})[1]
+    assert method_cfg(mix=0.2).weights() == (0.8, 0.2)
+    assert method_cfg(mix=0.0, lambda1=0.1, lambda2=0.9).weights() == (1.0, 0.0)  # mix wins
+    assert method_cfg(lambda1=0.1, lambda2=0.9).weights() == (0.1, 0.9)  # mix -1: not used
+    with pytest.raises(ConfigError, match="'mix' = -0.5 must be in"):
+        method_cfg(mix=-0.5)
+    with pytest.raises(ConfigError, match="both 0"):
+        method_cfg(lambda1=0.0, lambda2=0.0)  # all ties: nothing ranked
+    assert method_cfg(lambda1=0.0, lambda2=0.0, variant="random").weights() == (0.0, 0.0)
+    space = load_space("importance")
+    assert "mix" in space.search and not {"lambda1", "lambda2"} & set(space.search)
+
+
 # --- schedule ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("width, p, t, expected", [

@@ -65,7 +65,7 @@ EXPECT = {
         "final_state": lambda state: state["method"]["stage"] == "pruned",
     },
     "importance": {
-        "searched": {"lambda1", "lambda2", "lr"}, "exactly": False, "fixed": {"epochs"},
+        "searched": {"mix", "lr"}, "exactly": False, "fixed": {"epochs"},
         "config": {"epochs": 2}, "epochs": [1, 2], "first_keys": set(), "every_keys": set(),
         "run": _importance_run,
         "final_state": lambda state: state["method"]["widths"] == {"head.0": 25, "head.2": 15},

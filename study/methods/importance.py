@@ -84,6 +84,13 @@ class ImportanceConfig:
                              low=0.0, high=1.0)
     lambda2: float = setting(0.5, "weight of C_max (Eq. 2); the paper's balanced start is 0.5",
                              low=0.0, high=1.0)
+    mix: float = setting(-1.0, "the ranking's one degree of freedom, C_max's share: lambda1 = 1 - mix, "
+                         "lambda2 = mix (the paper's 'lambda1 near 1' ... 'lambda2 near 1'), "
+                         "replacing lambda1 and lambda2; -1: not used, lambda1 and lambda2 as given. "
+                         "C_avg (a neuron's mean share, 1/N on average) is 15-30x smaller than C_max, "
+                         "so the ranking moves between pure C_avg and pure C_max for mix in about "
+                         "[1e-4, 0.7] and is C_max's from about 0.1 (docs/benchmarks.md): the search "
+                         "space searches it on a log scale", low=-1.0, high=1.0)
     epochs: int = setting(35, "the trial's TOTAL epochs, whatever its fractions (fronts compare equal "
                           "budgets): warmup_epochs, then one removal epoch per round, the rest "
                           "recovery spread over the rounds; must cover warmup_epochs + rounds. The "
@@ -104,6 +111,17 @@ class ImportanceConfig:
     eps: float = setting(1e-12, "floor of Eq. 1's denominator sum_i |w_ij a_if|: all-zero inputs "
                          "(every ReLU off) give ratios 0, never 0/0",
                          low=1e-30, high=1e-3)
+
+    def __post_init__(self) -> None:
+        if -1.0 < self.mix < 0.0:
+            raise ConfigError(f"setting 'mix' = {self.mix} must be in [0, 1] (or -1: not used)")
+        if self.mix < 0 and self.variant == "rank" and self.lambda1 == self.lambda2 == 0.0:
+            raise ConfigError("settings 'lambda1' and 'lambda2' are both 0: every neuron scores 0 "
+                              "and the ranking is all ties (set 'mix', or either weight above 0)")
+
+    def weights(self) -> tuple[float, float]:
+        """(lambda1, lambda2) of the aggregate contribution: from `mix` when it is set."""
+        return (1.0 - self.mix, self.mix) if self.mix >= 0 else (self.lambda1, self.lambda2)
 
 
 # --- Eq. 1 and Eq. 2 --------------------------------------------------------------------------
@@ -271,7 +289,7 @@ class Importance:
             if target >= width:
                 continue
             if self.cfg.variant == "rank":  # Alg. 1 steps 11, 15: the bottom ones go, ties by index
-                order = torch.argsort(meters[name].scores(self.cfg.lambda1, self.cfg.lambda2),
+                order = torch.argsort(meters[name].scores(*self.cfg.weights()),
                                       descending=True, stable=True)
             else:
                 order = torch.randperm(width)
