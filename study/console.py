@@ -40,6 +40,17 @@ def _value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def decimals_apart(values: list[float], least: int, most: int = 6) -> int:
+    """The fewest decimals (from `least`, at most `most`) at which values that differ print
+    differently: the front's points then never read as equal (97.55 / 97.53 / 97.47 are not
+    "97.5% | 97.5% | 97.5%")."""
+    distinct = len(set(values))
+    for d in range(least, most + 1):
+        if len({f"{v:.{d}f}" for v in values}) == distinct:
+            return d
+    return most
+
+
 class StudyConsole(Callback):
     def __init__(self, searched: list[str], total_trials: int, every: float = 30.0):
         self.searched = searched  # (pickled with the experiment: no open file kept here)
@@ -110,8 +121,11 @@ class StudyConsole(Callback):
         front.sort(key=lambda i: -self.points[i][0])
         if front != self.front:
             self.front = front
+            acc = [100 * self.points[i][0] for i in front]
+            sparsity = [self.points[i][1] for i in front]
+            a, s = decimals_apart(acc, 1), decimals_apart(sparsity, 2)
             self._print("front: " + " | ".join(
-                f"{self.points[i][0]:.1%} at {self.points[i][1]:.2f} ({i})" for i in front))
+                f"{v:.{a}f}% at {w:.{s}f} ({i})" for v, w, i in zip(acc, sparsity, front, strict=True)))
 
     def _status(self, trials: list) -> None:
         self.last_status = time.monotonic()

@@ -92,3 +92,14 @@ def test_every_command_takes_what_the_composition_root_gives_it(command, capsys)
     """study.cli hands some engine commands analysis functions (GIVEN): each main takes them."""
     assert run_main("study.cli", command, "--help") == 0
     assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_the_live_front_prints_as_many_digits_as_tell_its_points_apart():
+    from study.console import decimals_apart
+
+    # the README study's front: 97.55 / 97.53 / 97.47 % read "97.5% | 97.5% | 97.5%" at one decimal
+    assert decimals_apart([97.55, 97.53, 97.47], 1) == 2
+    assert decimals_apart([97.2, 96.1], 1) == 1
+    assert decimals_apart([0.31, 0.58, 0.64], 2) == 2
+    assert decimals_apart([0.5, 0.5], 2) == 2  # equal values stay equal: no digits hunted for
+    assert decimals_apart([0.1234567, 0.1234568], 2) == 6  # capped
