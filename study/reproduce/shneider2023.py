@@ -43,8 +43,8 @@ SCHEDULES = {
     "plateau": {"epochs": 15, "head_epochs": 8, "prune_epochs": 2, "train_subset": 12000},
     "paper": {"epochs": 30, "head_epochs": 2, "prune_epochs": 2, "train_subset": 0},
     "cpu": {"epochs": 6, "head_epochs": 2, "prune_epochs": 2, "train_subset": 12000},
-    # dSprites' 64x64 images cost ~5x MNIST's per epoch: 6 + 2 + 2 on 10,000 of them
-    "dsprites": {"epochs": 6, "head_epochs": 2, "prune_epochs": 2, "train_subset": 10000},
+    # dSprites' 64x64 images cost ~5x MNIST's per epoch: 6 + 2 + 2 on 6,000 of them
+    "dsprites": {"epochs": 6, "head_epochs": 2, "prune_epochs": 2, "train_subset": 6000},
     "short": {"epochs": 3, "head_epochs": 1, "prune_epochs": 1, "train_subset": 12000},
 }
 
