@@ -277,23 +277,49 @@ def plot_html(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJE
     fig.write_html(str(path), include_plotlyjs=True)
 
 
-def log_to_wandb(table: pd.DataFrame, study_dir: Path, info: dict) -> str:
-    """Log the front as a table and a scatter plot to a summary run in the study's W&B group."""
+def _plain_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns of `table` a W&B table can hold (numbers, text, booleans, empty cells)."""
+    return table[[c for c in table.columns if table[c].map(
+        lambda v: isinstance(v, (int, float, str, bool)) or v is None).all()]].reset_index(drop=True)
+
+
+def log_to_wandb(table: pd.DataFrame, study_dir: Path, info: dict,
+                 volumes: pd.DataFrame | None = None, *, kind: str = "pareto",
+                 tables: dict[str, pd.DataFrame] | None = None, summary: dict | None = None,
+                 images: dict[str, Path] | None = None) -> str:
+    """The study's analysis run: a run of job type `analysis` named `<study>-<kind>` in the study's
+    W&B group, beside its trial runs, so the group's dashboard shows the answer next to the trials.
+    It holds the front (`fronts`' table) as `pareto/front` with its scatter `pareto/scatter`, each
+    front's hypervolume and size from `volumes` in the summary (`pareto/hypervolume`,
+    `pareto/front_size`, with the front's name after `pareto/` when there are several), and what
+    the command adds: `tables` (wandb.Table), `summary` (scalars, under keys that name them) and
+    `images` (PNG files, as wandb.Image; files that do not exist are skipped). Returns the mode."""
     from study import tracking
 
     mode, _ = tracking.configure(study_dir)
     import wandb
 
-    cols = [c for c in table.columns if table[c].map(lambda v: isinstance(v, (int, float, str, bool))
-                                                      or v is None).all()]
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", tracking.DEFAULT_PROJECT),
-                     group=study_dir.name, job_type="analysis", name=f"{study_dir.name}-pareto",
-                     dir=str(study_dir), tags=[info.get("method", ""), info.get("dataset", ""),
-                                               "pareto"], reinit="finish_previous")
-    wb_table = wandb.Table(dataframe=table[cols].reset_index(drop=True))
-    run.log({"pareto/front": wb_table,
-             "pareto/scatter": wandb.plot.scatter(wb_table, "sparsity", "val_accuracy",
-                                                  title="Pareto front")})
+                     group=study_dir.name, job_type="analysis", name=f"{study_dir.name}-{kind}",
+                     dir=str(study_dir), tags=[info.get("method", ""), info.get("dataset", ""), kind],
+                     reinit="finish_previous",
+                     settings=wandb.Settings(silent=True, x_disable_stats=True, disable_git=True,
+                                             console="off"))
+    logged: dict = {}
+    if not table.empty:
+        wb_table = wandb.Table(dataframe=_plain_columns(table))
+        logged.update({"pareto/front": wb_table,
+                       "pareto/scatter": wandb.plot.scatter(wb_table, "sparsity", "val_accuracy",
+                                                            title="Pareto front")})
+    logged.update({k: wandb.Table(dataframe=_plain_columns(t)) for k, t in (tables or {}).items()})
+    logged.update({k: wandb.Image(str(p)) for k, p in (images or {}).items() if Path(p).exists()})
+    if logged:
+        run.log(logged)
+    keys = {}
+    for v in volumes.itertuples() if volumes is not None else ():
+        prefix = f"pareto/{v.front}/" if len(volumes) > 1 else "pareto/"
+        keys.update({prefix + "hypervolume": float(v.hypervolume), prefix + "front_size": int(v.front_size)})
+    run.summary.update({**keys, **(summary or {})})
     run.finish()
     return mode
 
@@ -339,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         index=False, float_format=lambda v: f"{v:.4f}"))
     if not args.no_wandb and not table.empty:
         first = Path(args.studies[0])
-        mode = log_to_wandb(table, first, study_info(first))
+        mode = log_to_wandb(table, first, study_info(first), volumes,
+                            images={"pareto/plot": out / "pareto.png"})
         print(f"W&B ({mode}): front logged to group {first.name!r} under {layout.wandb_dir(first)}")
     print(f"wrote {out / 'pareto.csv'}, {out / 'pareto.png'}, {out / 'pareto.html'}")
     return 0

@@ -20,7 +20,10 @@ COMMANDS = {  # command -> (module with main(argv), what it does)
     "sanity": ("analysis.sanity", "each front trial against its controls: shuffled mask, re-initialized "
                "mask, smaller dense network (Frankle et al. 2021, Liu et al. 2019)"),
     "robust": ("analysis.robust", "the front with error bars: its trials re-run with new seeds"),
+    "importance": ("analysis.hyperparameters", "which searched settings matter, per front (PED-ANOVA)"),
     "collapse": ("analysis.collapse", "posterior-collapse flags of beta_vae trials, by beta"),
+    "report": ("analysis.report", "one self-contained HTML page of studies, to mail: fronts, "
+               "hypervolume, importances, collapse, curves, settings"),
     "export": ("analysis.export", "best configs of a study as YAML, ready for `prunestudy train`"),
     "train": ("study.train", "retrain an exported config over seeds"),
     "bench": ("study.bench", "speed figures: epoch times, the harness's overhead, packing, samplers"),

@@ -99,9 +99,11 @@ def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str)
         def _log(self, trial_id: str, values: dict[str, Any], step: int | None) -> None:
             self.runs[trial_id].log(values, step=step)
 
-        def _finish(self, trial_id: str, exit_code: int) -> None:
+        def _finish(self, trial_id: str, exit_code: int, final: dict[str, Any] | None = None) -> None:
             run = self.runs.pop(trial_id, None)
             if run is not None:
+                if final:
+                    run.summary.update(final)
                 run.finish(exit_code=exit_code)
 
         def log_trial_start(self, trial) -> None:
@@ -121,7 +123,8 @@ def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str)
 
         def log_trial_end(self, trial, failed: bool = False) -> None:
             self.started.discard(trial.trial_id)
-            self._submit(self._finish, trial.trial_id, 1 if failed else 0)
+            self._submit(self._finish, trial.trial_id, 1 if failed else 0,
+                         final_summary(trial.last_result, failed))
 
         def on_experiment_end(self, trials, **info) -> None:
             for trial_id in list(self.started):
@@ -140,6 +143,18 @@ def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str)
 # Ray's bookkeeping in every result (the config is logged once, as the run's config)
 _NOT_LOGGED = {"config", "done", "should_checkpoint", "trial_id", "experiment_tag", "node_ip",
                "hostname", "pid", "date"}
+
+
+def final_summary(last: dict[str, Any] | None, failed: bool = False) -> dict[str, Any]:
+    """A trial run's summary at its end: its last report's metrics, what W&B's parallel-coordinates
+    and parameter-importance panels read beside the config's settings (set explicitly: a trial
+    restarted from a checkpoint logs steps W&B has already seen, which it drops), and `status`,
+    how it ended (study.outcome's word; `failed` when it raised), so panels can keep complete ones."""
+    from study.outcome import outcome
+
+    last = last or {}
+    return {**{k: v for k, v in last.items() if k not in _NOT_LOGGED and isinstance(v, numbers.Number)},
+            "status": "failed" if failed else outcome(last)}
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:
