@@ -23,6 +23,14 @@ datasets, models and epoch budgets. Over the trials of all the studies given, it
   search space, fixed settings and the command that ran it.
 
 Writes `--out` (default: the first study's `analysis/report.html`). Reads only: never trains.
+
+The W&B view: the page's figures, the page itself, the fronts and the importances also go to the
+first study's analysis run `<study>-report` (job type `analysis`, tag `report`) in the study's W&B
+group, beside its trial runs (`analysis.pareto.log_to_wandb`; `--no-wandb` to skip): per group
+`report/<group>/front`, `report/<group>/hypervolume`, `report/<group>/curves` and, where assessed,
+`report/<group>/importance` (wandb.Image, the page's PNGs); the page as `report/page` (wandb.Html,
+in the run's summary); the fronts as `pareto/front` (as `prunestudy pareto`) and the importances
+as `importance/table` and `importance/...` (as `prunestudy importance`).
 """
 from __future__ import annotations
 
@@ -32,7 +40,9 @@ import html
 import io
 import shlex
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +68,7 @@ from analysis.pareto import (
     add_chance_margin,
     at_chance,
     chance_line,
+    fronts,
     group_names,
     is_feasible,
     kept_apart,
@@ -67,6 +78,8 @@ from analysis.results import CONFIG_PREFIX, StudyError, load_results, saved_line
 from study import layout
 from study.config import ConfigError
 from study.metrics import CHANCE_MARGIN, OBJECTIVES
+
+RUN_KIND = "report"  # the W&B analysis run `<study>-report`, tagged `report`
 
 ROBUST_CSV = "robust.csv"  # what `prunestudy robust` writes to a study's analysis folder
 # why a trial is or is not on a front: each trial has exactly one (`reasons`), in this order
@@ -391,7 +404,10 @@ def fronts_table(table: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
             shown["pooled vs best baseline"], shown["mean vs best baseline"], strict=True)]})
 
 
-def _importance_part(table: pd.DataFrame | None, note: str, fronts: list[str]) -> str:
+def _importance_part(table: pd.DataFrame | None, note: str, fronts: list[str],
+                     figures: dict[str, bytes] | None = None) -> str:
+    """The importances of the group's `fronts`; its figure, if any, also into `figures` as
+    `importance`."""
     from analysis.hyperparameters import plot as plot_importances
     from analysis.hyperparameters import wide
 
@@ -414,6 +430,8 @@ def _importance_part(table: pd.DataFrame | None, note: str, fronts: list[str]) -
     if mine["importance"].notna().any():
         buffer = io.BytesIO()
         plot_importances(mine[mine["front"].isin(mine.loc[mine["importance"].notna(), "front"])], buffer)
+        if figures is not None:
+            figures["importance"] = buffer.getvalue()
         parts.append(_img(buffer.getvalue(), "importance of each searched setting toward each target",
                           "importance"))
     return "".join(parts)
@@ -439,8 +457,11 @@ def _collapse_part(trials: pd.DataFrame) -> str:
 def group_section(n: int, group: str, trials: pd.DataFrame, df: pd.DataFrame, *,
                   curves: pd.DataFrame, robust: pd.DataFrame, importance: pd.DataFrame | None,
                   importance_note: str, setting_columns: list[str],
-                  histories: dict[tuple[str, str], list[dict]], chance_margin: float) -> str:
-    """One comparison group's section (`trials`: its rows of the flagged table `df`)."""
+                  histories: dict[tuple[str, str], list[dict]], chance_margin: float,
+                  figures: dict[str, bytes] | None = None) -> str:
+    """One comparison group's section (`trials`: its rows of the flagged table `df`); its
+    figures' PNGs also into `figures`, by kind (`front`, `hypervolume`, `importance`, `curves`)."""
+    figures = {} if figures is None else figures
     rows = eligible(trials, chance_margin)
     rows = rows.assign(group=group)  # named over every reported trial, as the section is
     table = compare(rows) if len(rows) else pd.DataFrame(columns=["front", "baseline"])
@@ -457,8 +478,8 @@ def group_section(n: int, group: str, trials: pd.DataFrame, df: pd.DataFrame, *,
 
     # the front
     parts.append("<h3>Front: val_accuracy against sparsity</h3>")
-    figure = _img(plot_front(trials, rows, points, table, mine, reference, group, chance_margin),
-                  f"{group}: fronts (baselines dashed), trials kept apart in grey", "front")
+    figures["front"] = plot_front(trials, rows, points, table, mine, reference, group, chance_margin)
+    figure = _img(figures["front"], f"{group}: fronts (baselines dashed), trials kept apart in grey", "front")
     notes = []
     if not table.empty and not table["baseline"].any():
         notes.append(f"no baseline here (a front of method {', '.join(BASELINE_METHODS)}): give a "
@@ -494,13 +515,14 @@ def group_section(n: int, group: str, trials: pd.DataFrame, df: pd.DataFrame, *,
 
     # hypervolume
     parts.append("<h3>Hypervolume as the studies progressed</h3>")
-    parts.append(_img(plot_hypervolume(curves), f"{group}: hypervolume against trials ended and "
+    figures["hypervolume"] = plot_hypervolume(curves)
+    parts.append(_img(figures["hypervolume"], f"{group}: hypervolume against trials ended and "
                       "epochs run", "hypervolume"))
 
     # importances
     parts.append("<h3>Importance of the searched settings (PED-ANOVA)</h3>")
     own_fronts = list(dict.fromkeys(trials["_front"].dropna()))  # the importances' groups
-    parts.append(_importance_part(importance, importance_note, own_fronts))
+    parts.append(_importance_part(importance, importance_note, own_fronts, figures))
 
     # collapse
     parts.append("<h3>Posterior collapse (beta_vae)</h3>")
@@ -508,7 +530,8 @@ def group_section(n: int, group: str, trials: pd.DataFrame, df: pd.DataFrame, *,
 
     # validation curves
     parts.append("<h3>Validation accuracy per epoch, each trial</h3>")
-    parts.append(_img(plot_curves(trials, histories, keys), f"{group}: each trial's val_accuracy per "
+    figures["curves"] = plot_curves(trials, histories, keys)
+    parts.append(_img(figures["curves"], f"{group}: each trial's val_accuracy per "
                       "epoch", "curves"))
 
     # left out, every trial
@@ -524,8 +547,18 @@ def group_section(n: int, group: str, trials: pd.DataFrame, df: pd.DataFrame, *,
     return "".join(parts)
 
 
-def build(study_dirs: list[str | Path], chance_margin: float = CHANCE_MARGIN) -> str:
-    """The report's HTML over the studies' trials (StudyError: nothing to read)."""
+@dataclass
+class Report:
+    """What `build` made: the page, and its figures' PNGs (the bytes inlined in the page) by W&B key
+    `report/<group>/<kind>`; the flagged trials and the importances (None: not assessed) it is over."""
+    html: str
+    figures: dict[str, bytes] = field(default_factory=dict)
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    importance: pd.DataFrame | None = None
+
+
+def build(study_dirs: list[str | Path], chance_margin: float = CHANCE_MARGIN) -> Report:
+    """The report over the studies' trials (StudyError: nothing to read)."""
     from analysis.hyperparameters import finished, importances, search_space
 
     study_dirs = [Path(d) for d in study_dirs]
@@ -572,16 +605,48 @@ def build(study_dirs: list[str | Path], chance_margin: float = CHANCE_MARGIN) ->
     if len(unplaced):
         parts.append(f'<p class="note">{len(unplaced)} trial(s) never reported an epoch (in no group '
                      f'below): {_e(", ".join(unplaced["study"] + "/" + unplaced["trial_id"]))}</p>')
+    figures: dict[str, bytes] = {}
     for i, group in enumerate(ordered, 1):
         trials = df[df["_group"] == group]
+        own: dict[str, bytes] = {}
         parts.append(group_section(
             i, group, trials, df, curves=curves[curves["_group"] == group], robust=robust,
             importance=importance, importance_note=importance_note, setting_columns=setting_columns,
-            histories=histories, chance_margin=chance_margin))
+            histories=histories, chance_margin=chance_margin, figures=own))
+        figures.update({f"{RUN_KIND}/{group}/{kind}": png for kind, png in own.items()})
     parts.append('<h2 id="settings">Study settings</h2>')
     parts += [_settings_section(name, info) for name, info in infos.items()]
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return Report("\n".join(parts), figures, df, importance)
+
+
+def log_to_wandb(report: Report, study_dir: Path, chance_margin: float = CHANCE_MARGIN) -> str:
+    """The report into the study's W&B analysis run `<study>-report` (analysis.pareto.log_to_wandb,
+    as `prunestudy pareto` and `prunestudy importance` log theirs): the figures as wandb.Image under
+    their keys, the page as `report/page` (wandb.Html), the fronts and the importances. Returns
+    the mode."""
+    import wandb
+
+    from analysis.hyperparameters import wandb_summary
+    from analysis.pareto import log_to_wandb as log_analysis_run
+
+    trials = report.trials.drop(columns=[c for c in report.trials if c.startswith("_")])
+    try:
+        table, volumes = fronts(trials, OBJECTIVES, chance_margin)
+    except ValueError:  # no trial reported both objectives: no front to log
+        table, volumes = pd.DataFrame(), None
+    importance = report.importance if report.importance is not None else pd.DataFrame()
+    summary = {f"{RUN_KIND}/page": wandb.Html(report.html, inject=False, data_is_not_path=True)}
+    if not importance.empty:
+        summary.update(wandb_summary(importance))
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {}
+        for i, (key, png) in enumerate(report.figures.items()):
+            images[key] = Path(tmp) / f"{i}.png"
+            images[key].write_bytes(png)
+        return log_analysis_run(table, Path(study_dir), study_info(Path(study_dir)), volumes,
+                                kind=RUN_KIND, images=images, summary=summary,
+                                tables={"importance/table": importance} if not importance.empty else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -589,17 +654,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders")
     p.add_argument("--out", metavar="FILE.html",
                    help="the page to write (default: FIRST_STUDY/analysis/report.html)")
+    p.add_argument("--no-wandb", action="store_true",
+                   help="do not log the figures and the page to the study's W&B analysis run")
     add_chance_margin(p)
     args = p.parse_args(argv)
     try:
-        page = build(args.studies, args.chance_margin)
+        report = build(args.studies, args.chance_margin)
     except (StudyError, ConfigError) as e:  # ConfigError: a study's stored --constraint
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else layout.analysis_dir(args.studies[0]) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    print(f"wrote {out} ({len(page.encode()) / 1e6:.1f} MB)")
+    out.write_text(report.html, encoding="utf-8")
+    if not args.no_wandb:
+        first = Path(args.studies[0])
+        mode = log_to_wandb(report, first, args.chance_margin)
+        print(f"W&B ({mode}): report's {len(report.figures)} figures and page logged to group "
+              f"{first.name!r} under {layout.wandb_dir(first)}")
+    print(f"wrote {out} ({len(report.html.encode()) / 1e6:.1f} MB)")
     return 0
 
 

@@ -15,6 +15,7 @@ from analysis.results import load_results
 from study import layout
 from study.cli import COMMANDS
 from tests.conftest import run_main
+from tests.wandb_reader import _records, offline_runs, read_offline_run
 
 HOSTILE = "<script>alert(1)</script> & 'quotes'"  # a reason that must come out as text
 
@@ -123,12 +124,36 @@ def studies_with_every_outcome(tiny_study, tmp_path) -> tuple[Path, Path]:
     return study, base
 
 
+def _run_record(run_dir: Path) -> tuple[str, dict]:
+    """(job type, summary with its keys flat: 'report/page/_type') of an offline run."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    job_type, summary = "", {}
+    for raw in _records(next(Path(run_dir).glob("*.wandb"))):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            job_type = rec.run.job_type
+        elif kind == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                            for i in rec.summary.update})
+    return job_type, summary
+
+
 @pytest.mark.study("cli-beta_vae")
 def test_report_is_one_self_contained_page_with_a_section_per_group(studies_with_every_outcome, tmp_path,
-                                                                    capsys):
+                                                                    monkeypatch, capsys):
+    import wandb
+
+    for key in ("WANDB_DIR", "WANDB_SILENT", "WANDB_MODE"):  # tracking.configure sets them
+        monkeypatch.setenv(key, "offline" if key == "WANDB_MODE" else "")
     study, base = studies_with_every_outcome
     out = tmp_path / "report.html"
-    assert run_main("analysis.report", str(study), str(base), "--out", str(out)) == 0, capsys.readouterr().err
+    code = run_main("analysis.report", str(study), str(base), "--out", str(out))
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    wandb.teardown()  # the command's exit would wait for wandb-core to write the run
     text = out.read_text()
     page = Page(text)
 
@@ -172,6 +197,28 @@ def test_report_is_one_self_contained_page_with_a_section_per_group(studies_with
     assert "Posterior collapse" in text and "collapsed_dims" in text
     assert "prunestudy search beta_vae" in text and "FloatDistribution" in text
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#x27;quotes&#x27;" in text
+
+    # the W&B view: the first study's analysis run in its group holds each group's figures (the
+    # page's own PNGs), the page, the front and the importances, under keys that say so
+    assert "W&B (offline): report's" in printed and f"group 'tiny' under {layout.wandb_dir(study)}" in printed
+    (run,) = offline_runs(study)
+    assert not offline_runs(base)
+    meta, (job_type, summary) = read_offline_run(run), _run_record(run)
+    assert (job_type, meta["group"]) == ("analysis", "tiny") and "report" in meta["tags"]
+    for group, section in page.sections.items():
+        logged = {k.removeprefix(f"report/{group}/").removesuffix("/_type") for k in summary
+                  if k.startswith(f"report/{group}/") and k.endswith("/_type")}
+        assert logged == set(section["figures"]) >= {"front", "hypervolume", "curves"}, group
+        for kind, src in section["figures"].items():  # the page's own PNGs, as images
+            key = f"report/{group}/{kind}"
+            assert summary[f"{key}/_type"] == "image-file", key
+            assert (run / "files" / summary[f"{key}/path"]).read_bytes() == base64.b64decode(
+                src.split(",", 1)[1]), key
+    assert summary["report/page"]["_type"] == "html-file"
+    assert (run / "files" / summary["report/page"]["path"]).read_text() == text
+    assert summary["pareto/front/_type"] == "table-file"
+    assert summary["pareto/beta_vae[vae]/mnist/bvae_cnn/3ep/front_size"] >= 1  # one key per front
+    assert summary["importance/table/_type"] == "table-file"
 
 
 def test_report_is_a_command_and_refuses_a_folder_that_is_not_a_study(tmp_path, capsys):
