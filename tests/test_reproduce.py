@@ -62,6 +62,19 @@ def test_shneider2023_unpruned_accuracy_is_the_network_after_the_head_phase(mnis
     assert "vae/end/kl" in row  # the VAE's state where its phase ended
 
 
+def test_shneider2023_unpruned_accuracy_reads_the_trials_own_label_factor(dsprites):
+    # labelled by scale (6 classes), not dsprites' own label (shape): the unpruned network is
+    # evaluated on the classes it was trained on (it once read shape's labels: near chance)
+    small = replace(dsprites, val_x=dsprites.val_x[:300], val_y=dsprites.val_y[:300],
+                    val_factors=dsprites.val_factors[:300], test_x=dsprites.val_x[:300],
+                    test_y=dsprites.val_y[:300], test_factors=dsprites.val_factors[:300])
+    config = {**row_config("vae-4", 0, "dsprites", "dsprites"), "train_subset": 96, "epochs": 1,
+              "head_epochs": 1, "prune_epochs": 1, "latent_dim": 4, "batch_size": 32, "device": "cpu",
+              "label_factor": "scale"}
+    row = shneider2023_row(config, small)
+    assert row["test_unpruned"] == row["history"][1]["val_accuracy"]  # test = validation here
+
+
 @pytest.mark.parametrize("variant", ["reparam", "mag", "mag_ft"])
 def test_dupont2021_accuracy_before_pruning_is_that_of_the_weights_kept_before_it(mnist_small, variant):
     config = {"method": "reparam", "dataset": "mnist", "model": "lenet300", "variant": variant,

@@ -95,8 +95,9 @@ def table_row(config: dict[str, Any], data: Dataset) -> dict[str, Any]:
         found.update({k: v for k, v in metrics.items() if k.startswith("vae/end/") or k == "vae/mig"})
         if metrics["epoch"] == unpruned_epoch:
             method = restore_method(config, folder, data)
-            found["test_unpruned"] = accuracy(method.inference_model(), data.test_x, data.test_y,
-                                              trial.eval_batch_size)
+            labelled = data.with_label(trial.label_factor)  # the trial's classes (dsprites' factor)
+            found["test_unpruned"] = accuracy(method.inference_model(), labelled.test_x,
+                                              labelled.test_y, trial.eval_batch_size)
             found["bytes_unpruned"] = metrics["compressed_bytes"]
 
     t0 = time.time()
