@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -16,10 +19,30 @@ import yaml
 
 from study.metrics import CHANCE_MARGIN
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # what str.splitlines() splits at
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters written as escapes (`\\n`): an error
+    message stays one line whatever the bad value it quotes (a path, a --set value) holds."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class ConfigError(ValueError):
     """A bad setting; the message is one line naming the key and the value."""
 
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+YAML_LIMIT = 1 << 20  # bytes: search spaces and exported configs are a few kB
+# libyaml's parser where PyYAML has it (its wheels do): it refuses nesting past 1,000 levels at
+# once, where the pure-Python parser's time grows faster than the square of the depth (3,000
+# brackets: 7 s; a 100 kB --set value: hours) before it ends in a RecursionError
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# |int setting| at most this: Optuna holds every parameter as a float, exact to 2**53
+INT_LIMIT = 2**53
 
 # settings renamed so that no setting shares a name with a metric: old name -> new name
 RENAMED = {"sparsity": "layer_sparsity"}
@@ -52,7 +75,8 @@ class TrialConfig:
     """Settings every trial has, whatever its method."""
     method: str = setting("beta_vae", "pruning method (study.methods.METHODS)")
     dataset: str = setting("mnist", "dataset name (study.data.DATASETS) or folder:PATH")
-    seed: int = setting(0, "seeds model init, batch order and sampling", low=0)
+    seed: int = setting(0, "seeds model init, batch order and sampling", low=0,
+                        high=2**32 - 1)  # NumPy's seeds (np.random.seed) end there
     batch_size: int = setting(128, "training batch size (samples)", low=1)
     eval_batch_size: int = setting(128, "evaluation batch size (samples); no effect on results "
                                    "(on a CPU 128 decodes 2x faster than 256, 5x than 1024, "
@@ -105,8 +129,10 @@ def check_value(cls, key: str, value: Any) -> Any:
         elif kind is str:
             if not isinstance(value, str):
                 raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         raise ConfigError(f"setting {key!r} must be {kind.__name__}, got {value!r}") from None
+    if kind is int and abs(value) > INT_LIMIT:
+        raise ConfigError(f"setting {key!r} must be within +-2**53, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"setting {key!r} must be finite, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
@@ -139,15 +165,37 @@ def describe(cls) -> str:
     return "\n".join(lines)
 
 
+def load_yaml(text: str | bytes) -> Any:
+    """A YAML document read with the safe loader: no code runs, only plain values are built."""
+    return yaml.load(text, Loader=_YAML_LOADER)
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file read with the safe loader (no code runs) that must hold a mapping; any problem
-    is a one-line ConfigError naming `what` and the path."""
+    is a one-line ConfigError naming `what` and the path. Only a regular file of at most
+    YAML_LIMIT bytes is read: a FIFO or /dev/stdin would wait forever, /dev/zero would never end."""
+    problem = None
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+        info = os.stat(path)  # before opening: opening a FIFO waits for a writer
+        if not stat.S_ISREG(info.st_mode):
+            problem = "not a regular file"
+        elif info.st_size > YAML_LIMIT:
+            problem = f"{info.st_size} bytes, more than {YAML_LIMIT} for a YAML file of settings"
+        else:
+            text = Path(path).read_bytes()[:YAML_LIMIT]
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        problem = getattr(e, "strerror", None) or str(e)
+    if problem:
+        raise ConfigError(f"cannot read {what} {path}: {problem}")
+    try:
+        doc = load_yaml(text)  # bytes: PyYAML checks the encoding (a YAMLError)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} {path} is not valid YAML: {problem}{where}") from None
+    except (ValueError, RecursionError) as e:  # an integer past Python's 4300 digits; deep nesting
+        raise ConfigError(f"{what} {path} is not valid YAML: {type(e).__name__}: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{what} {path} must be a mapping")
     return doc

@@ -8,8 +8,11 @@ reconstruction target) and the exported inference model is self-contained.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,10 +40,27 @@ CROP_PADDING = 4  # pixels of zero padding on each side before the random crop (
 _CROP_FLIP_DATASETS = ("cifar10", "cifar10_jpeg")  # CIFAR: Dupont et al. 2021's baselines' crop + flip
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_SIDE = 28  # MNIST's and Fashion-MNIST's images: 28 x 28, 10 classes
+_MNIST_CLASSES = 10
+_DAMAGED = "a damaged or partial download? delete it to download it again"
 
 
 class DataError(RuntimeError):
     """A dataset that cannot be found or read; the message is one line naming the path."""
+
+    def __str__(self) -> str:
+        from study.config import one_line  # study.config imports this module (through metrics)
+
+        return one_line(super().__str__())
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a path the file system cannot hold (a NUL, a name too long) is a
+    DataError naming it rather than a traceback."""
+    try:
+        return path.exists()
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot look for {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
 
 
 @dataclass(frozen=True)
@@ -96,7 +116,15 @@ class Dataset:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV, "data")).expanduser()
+    return _expand(os.environ.get(DATA_DIR_ENV, "data"))
+
+
+def _expand(path: str | Path) -> Path:
+    """`path` with a leading ~ or ~user expanded; DataError for a user that does not exist."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~nobody-here: "Could not determine home directory"
+        raise DataError(f"cannot expand {str(path)!r}: no such user's home folder") from None
 
 
 def _cache_dir() -> Path:
@@ -105,20 +133,23 @@ def _cache_dir() -> Path:
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = True) -> Dataset:
     """Load `name` (see DATASETS, or `folder:PATH` for any ImageFolder with train/ and test/)."""
-    root = Path(root).expanduser() if root is not None else default_data_dir()
+    root = _expand(root) if root is not None else default_data_dir()
     if name in _TORCHVISION:
         x, y, tx, ty, num_classes = _load_torchvision(name, root, download)
         _, mean, std = _TORCHVISION[name]
     elif name == "dsprites":
         return load_dsprites(root)
     elif name in _FOLDERS or name.startswith("folder:"):
-        path = root / _FOLDERS[name] if name in _FOLDERS else Path(name[len("folder:"):]).expanduser()
+        path = root / _FOLDERS[name] if name in _FOLDERS else _expand(name[len("folder:"):])
         x, y, tx, ty, num_classes = _load_image_folder(path)
         mean = tuple(float(v) for v in (x.float() / 255).mean(dim=(0, 2, 3)))
         std = tuple(float(v) for v in (x.float() / 255).std(dim=(0, 2, 3)))
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or folder:PATH")
     train_idx, val_idx = split_indices(len(y))
+    if not len(val_idx) or not len(train_idx):
+        raise DataError(f"dataset {name}: {len(y)} training images are too few to hold "
+                        f"{VALIDATION_FRACTION:.0%} of them out for validation")
     return Dataset(name=name, train_x=x[train_idx], train_y=y[train_idx], val_x=x[val_idx],
                    val_y=y[val_idx], test_x=tx, test_y=ty, mean=mean, std=std,
                    num_classes=num_classes)
@@ -137,8 +168,8 @@ def _load_torchvision(name: str, root: Path, download: bool):
         raw = root / folder / "raw"
         found = [_idx_file(raw, f) for f in _MNIST_FILES]
         if all(found):  # read directly: importing torchvision costs a study 2.4 s of start-up
-            x, y, tx, ty = (torch.as_tensor(_read_idx(f)) for f in found)
-            return x.unsqueeze(1), y.long(), tx.unsqueeze(1), ty.long(), 10
+            x, y, tx, ty = _read_mnist(*found)
+            return x.unsqueeze(1), y.long(), tx.unsqueeze(1), ty.long(), _MNIST_CLASSES
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
@@ -161,20 +192,52 @@ def _load_torchvision(name: str, root: Path, download: bool):
 def _idx_file(raw: Path, name: str) -> Path | None:
     """MNIST's file `name` in torchvision's raw folder, unpacked or as its .gz archive."""
     for path in (raw / name, raw / f"{name}.gz"):
-        if path.exists():
+        if _exists(path):
             return path
     return None
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format: big-endian magic 0x0000 08 NDIM, NDIM sizes, uint8 data)."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
-    kind, ndim = data[2], data[3]
-    if data[:2] != b"\0\0" or kind != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes")
-    dims = struct.unpack(f">{ndim}i", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+def _read_mnist(images: Path, labels: Path, test_images: Path, test_labels: Path
+                ) -> tuple[torch.Tensor, ...]:
+    """MNIST's four IDX files, checked against each other: 28 x 28 images, one label in 0-9 per
+    image. Whatever is wrong is a DataError naming the file."""
+    out = []
+    for x_path, y_path in ((images, labels), (test_images, test_labels)):
+        x, y = _read_idx(x_path, 3), _read_idx(y_path, 1)
+        if x.shape[1:] != (_MNIST_SIDE, _MNIST_SIDE):
+            raise DataError(f"{x_path} holds {x.shape[1]} x {x.shape[2]} images, not MNIST's "
+                            f"{_MNIST_SIDE} x {_MNIST_SIDE} ({_DAMAGED})")
+        if len(y) != len(x):
+            raise DataError(f"{y_path} holds {len(y)} labels for the {len(x)} images of "
+                            f"{x_path.name} ({_DAMAGED})")
+        if y.max() >= _MNIST_CLASSES:
+            raise DataError(f"{y_path} holds label {int(y.max())}, not one of MNIST's "
+                            f"{_MNIST_CLASSES} classes ({_DAMAGED})")
+        out += [torch.as_tensor(x), torch.as_tensor(y)]
+    return tuple(out)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of `ndim` dimensions (MNIST's format: big-endian magic 0x0000 08 NDIM, NDIM
+    sizes, then exactly their product of unsigned bytes). A damaged file (truncated, another magic
+    number, sizes its data does not fill) is a DataError naming it."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a damaged .gz: BadGzipFile, EOFError, zlib.error
+        raise DataError(f"cannot read {path}: {e or type(e).__name__} ({_DAMAGED})") from None
+    if len(data) < 4 or data[:3] != b"\0\0\x08" or data[3] != ndim:
+        raise DataError(f"{path} is not an IDX file of {ndim}-dimensional unsigned bytes: it "
+                        f"starts with {data[:4].hex() or 'nothing'}, not 00000800{ndim:02x} ({_DAMAGED})")
+    start = 4 + 4 * ndim
+    if len(data) < start:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, its header alone is {start} "
+                        f"({_DAMAGED})")
+    dims = struct.unpack(f">{ndim}i", data[4:start])
+    if min(dims) <= 0 or len(data) - start != math.prod(dims):
+        raise DataError(f"{path} holds {len(data) - start} bytes of data where its header's sizes "
+                        f"{' x '.join(map(str, dims))} need {math.prod(dims)} ({_DAMAGED})")
+    return np.frombuffer(data, np.uint8, offset=start).reshape(dims).copy()
 
 
 def _load_image_folder(path: Path):
@@ -182,16 +245,34 @@ def _load_image_folder(path: Path):
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
-    out = []
+    out, sizes = [], {}
     for split in ("train", "test"):
-        if not (path / split).is_dir():
+        if not _exists(path / split) or not (path / split).is_dir():
             raise DataError(f"image folder dataset not found: {path / split} is not a directory")
-        folder = ImageFolder(str(path / split))
-        images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in folder.samples])
+        try:
+            folder = ImageFolder(str(path / split))
+        except (OSError, ValueError) as e:  # no class folder, or no image in them
+            raise DataError(f"image folder {path / split}: {e}") from None
+        images = []
+        for file, _ in folder.samples:
+            try:
+                with Image.open(file) as image:
+                    images.append(np.asarray(image.convert("RGB")))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:  # a damaged image
+                raise DataError(f"cannot read the image {file}: {e}") from None
+            first = sizes.setdefault("first", (file, images[-1].shape))
+            if images[-1].shape != first[1]:
+                raise DataError(f"{file} is {_size(images[-1].shape)} where {first[0]} is "
+                                f"{_size(first[1])}: an image folder's images share one size")
+        images = np.stack(images)
         out += [torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                 torch.tensor(folder.targets, dtype=torch.int64)]
         classes = folder.classes
     return (*out, len(classes))
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]} x {shape[0]} pixels"
 
 
 # dSprites (Matthey et al. 2017): the full grid of its five factors, in the original file's order
@@ -255,18 +336,28 @@ def load_dsprites(root: Path) -> Dataset:
     (Dataset.with_label picks another factor).
     Read from the original file under the data root when present, else rendered (render_dsprites)
     and cached once in the cache folder."""
-    index = np.sort(np.random.default_rng(SPLIT_SEED).choice(
-        int(np.prod(list(DSPRITES_FACTORS.values()))), DSPRITES_SIZE, replace=False))
+    grid = int(np.prod(list(DSPRITES_FACTORS.values())))
+    index = np.sort(np.random.default_rng(SPLIT_SEED).choice(grid, DSPRITES_SIZE, replace=False))
     original = root / DSPRITES_FILE
-    if original.exists():  # the arrays only: its pickled metadata is never unpickled
-        with np.load(original, allow_pickle=False) as f:
-            images = f["imgs"][index].astype(np.uint8)
+    if _exists(original):  # the arrays only: its pickled metadata is never unpickled
+        try:
+            with np.load(original, allow_pickle=False) as f:
+                imgs = f["imgs"]
+            if imgs.shape != (grid, 64, 64):
+                raise ValueError(f"its imgs are {imgs.shape}, not ({grid}, 64, 64)")
+            images = imgs[index].astype(np.uint8)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"cannot read {original}: {e} ({_DAMAGED})") from None
     else:
         cache = _cache_dir() / _DSPRITES_CACHE
-        if cache.exists():
+        try:  # the cache is ours: one that cannot be read is rendered again
             with np.load(cache) as f:
                 images = np.unpackbits(f["bits"], axis=-1).reshape(-1, 64, 64)
-        else:
+            if len(images) != len(index):
+                images = None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            images = None
+        if images is None:
             images = render_dsprites(dsprites_factor_codes(index))
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")

@@ -4,6 +4,7 @@
       study.json             what was asked: method, dataset, every fixed setting, the space
       optuna.db              the Optuna study (SQLite; `storage_url`)
       tuner.pkl, experiment_state-*.json, search_gen_state-*.json    Ray's experiment state
+      driver.lock            held (flock) by the driver running the study; records its pid and host
       trial_<id>/            one Ray trial: params.json (its config), result.json (a JSON line per
                              report), error.txt (when it raised), checkpoint_NNNNNN/ (its state)
       wandb/                 W&B runs (offline ones: offline-run-*)
@@ -23,6 +24,9 @@ STUDY_JSON = "study.json"
 OPTUNA_DB = "optuna.db"
 TUNER_STATE = "tuner.pkl"
 SEARCH_GEN_STATE = "search_gen_state-*.json"
+EXPERIMENT_STATE = "experiment_state-*.json"  # Ray's snapshots, one per driver session
+SEARCHER_STATE = "searcher-state-*.pkl"  # with them: the searcher's state, in the same session
+DRIVER_LOCK = "driver.lock"
 TRIAL_PREFIX = "trial_"
 RESULT = "result.json"
 PARAMS = "params.json"
@@ -105,6 +109,24 @@ def checkpoints(trial_dir: Path) -> list[Path]:
 
 def search_gen_states(study_dir: str | Path) -> list[Path]:
     return sorted(Path(study_dir).glob(SEARCH_GEN_STATE))
+
+
+def snapshot_trials(study_dir: str | Path) -> dict[str, str] | None:
+    """Ray trial id -> status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) in the experiment's
+    newest snapshot, the one `Tuner.restore` resumes from (Ray takes the greatest file name);
+    None when there is none, or it cannot be read (cut short by a full disk)."""
+    states = sorted(Path(study_dir).glob(EXPERIMENT_STATE))
+    if not states:
+        return None
+    try:
+        trials = [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]]
+        return {t["trial_id"]: t["status"] for t in trials}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def driver_lock(study_dir: str | Path) -> Path:
+    return Path(study_dir) / DRIVER_LOCK
 
 
 def wandb_dir(study_dir: str | Path) -> Path:

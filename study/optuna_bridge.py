@@ -7,9 +7,12 @@ records a state from it. Every state is decided here from the trial's outcome (s
   diverged, degenerate   PRUNED, with the user attribute `diverged` / `degenerate` (its reason)
   stopped      PRUNED, with its rung epoch and rung objectives (`record_stopped`)
   failed       FAIL (OptunaSearch's own handling of an error)
-`reconcile_optuna` repairs what a killed driver left RUNNING. Ray pickles the searcher with its
-experiment and `--resume` unpickles it: `LinkedOptunaSearch` lives at module level, and what it
-carries (`study_constraints`) is an attribute of the instance, saved with OptunaSearch's state.
+`reconcile_optuna` repairs what a killed driver left RUNNING, and leaves RUNNING what an
+interrupted driver (Ctrl-C, SIGTERM, a full disk) left for `--resume` to finish: Optuna cannot
+change a finished trial's state, so a trial told FAIL when it was interrupted would stay FAIL after
+it finished. Ray pickles the searcher with its experiment and `--resume` unpickles it:
+`LinkedOptunaSearch` lives at module level, and what it carries (`study_constraints`) is an
+attribute of the instance, saved with OptunaSearch's state.
 """
 from __future__ import annotations
 
@@ -41,11 +44,18 @@ class LinkedOptunaSearch(OptunaSearch):
         completed, study = ray_compat.completed_trials(self), ray_compat.optuna_study(self)
         if (trial_id in completed and result and not error
                 and all(m in result for m in OBJECTIVES)):
+            told = ray_compat.optuna_trial(self, trial_id)
+            if _state(study, told.number) == optuna.trial.TrialState.RUNNING:
+                # told before, but the telling failed (OptunaSearch logs and drops a storage
+                # error, e.g. a full disk): the trial itself is told now
+                completed.discard(trial_id)
+                self.on_trial_complete(trial_id, result, error)
+                return
             # a trial that errored (told FAIL) and then finished after --resume: its failed
             # attempt stays FAIL, its finished one is recorded beside it, once
             complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if trial_id not in {t.user_attrs.get(RAY_TRIAL_ID_ATTR) for t in complete}:
-                failed = ray_compat.optuna_trial(self, trial_id)
+                failed = told
                 study.add_trial(optuna.trial.create_trial(
                     params=failed.params, distributions=failed.distributions,
                     values=[result[m] for m in OBJECTIVES],
@@ -86,14 +96,27 @@ def record_stopped(study: optuna.Study, trial: optuna.Trial, result: dict[str, A
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
+def _state(study: optuna.Study, number: int) -> optuna.trial.TrialState:
+    return study.get_trials(deepcopy=False)[number].state
+
+
 def reconcile_optuna(study_dir: Path, name: str) -> int:
-    """Make the Optuna study agree with Ray's trials after a run: a trial Optuna still holds as
-    RUNNING was orphaned by an interrupted driver (asked after Ray's last snapshot): it is told
-    COMPLETE with its final metrics if its Ray trial finished, else FAIL. Returns how many."""
+    """Make the Optuna study agree with Ray's trials after a run. A trial Optuna still holds as
+    RUNNING is, by Ray's newest snapshot (the one `--resume` restores):
+      not TERMINATED there (the driver was interrupted: Ctrl-C, SIGTERM, a full disk): left
+        RUNNING, as Ray continues it on `--resume` and then tells Optuna how it ended;
+      TERMINATED there, or absent (asked after the snapshot by a killed driver: Ray will not run
+        it again): told COMPLETE with its final metrics if its Ray trial finished, else FAIL.
+    Returns how many were told."""
     study = optuna.load_study(study_name=name, storage=layout.optuna_storage(study_dir))
+    resumable = {trial_id for trial_id, status in (layout.snapshot_trials(study_dir) or {}).items()
+                 if status != "TERMINATED"}  # errored ones too: --resume resumes them
     fixed = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        rows = layout.trial_history(layout.trial_dir(study_dir, t.user_attrs.get(RAY_TRIAL_ID_ATTR)))
+        trial_id = t.user_attrs.get(RAY_TRIAL_ID_ATTR)
+        if trial_id in resumable:
+            continue
+        rows = layout.trial_history(layout.trial_dir(study_dir, trial_id))
         final = rows[-1] if rows and is_final(rows[-1]) else {}
         if all(m in final for m in OBJECTIVES):
             study.tell(t.number, [final[m] for m in OBJECTIVES])

@@ -1,6 +1,6 @@
-"""What `--resume` needs beyond `Tuner.restore`: letting a study grow and repairing a trial whose
-snapshot names a deleted checkpoint (making Optuna agree with Ray afterwards is
-study.optuna_bridge's `reconcile_optuna`).
+"""What `--resume` needs beyond `Tuner.restore`: a snapshot that loads (one cut short by a full disk
+is set aside), letting a study grow and repairing a trial whose snapshot names a deleted
+checkpoint (making Optuna agree with Ray afterwards is study.optuna_bridge's `reconcile_optuna`).
 
 A killed driver leaves Ray's last experiment snapshot behind what happened on disk: trials may have
 reported (and checkpointed) since, and Optuna may have been asked or told since. Each function here
@@ -9,6 +9,7 @@ repairs one such gap from what is on disk; none trusts what a method or Ray beli
 from __future__ import annotations
 
 import json
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,64 @@ import ray.cloudpickle as pickle
 from ray import tune
 
 from study import layout, ray_compat
+from study.config import ConfigError
 from study.trainable import load_state
+
+# the files of one snapshot of Ray's experiment, written together by each driver session S
+SNAPSHOT_FILES = (layout.EXPERIMENT_STATE, layout.SEARCH_GEN_STATE, layout.SEARCHER_STATE)
+SET_ASIDE = ".cut-short"  # suffix of a snapshot's files set aside (Ray's patterns miss them)
+
+
+def _whole(path: Path) -> bool:
+    """Whether one of Ray's state files is whole: its JSON parses, or its pickle runs to its STOP
+    (read opcode by opcode, building nothing: unpickling the searcher's state would open the
+    Optuna storage it names)."""
+    try:
+        data = path.read_bytes()
+        if path.name.startswith("experiment_state-"):
+            json.loads(data)
+        else:  # Ray's search_gen_state-*.json are pickles despite their name
+            end = max(pos for _, _, pos in pickletools.genops(data))
+            if end != len(data) - 1:  # data after the STOP: not one pickle
+                return False
+    except (OSError, ValueError):  # cut short
+        return False
+    return True
+
+
+def usable_snapshot(study_dir: Path) -> str | None:
+    """Make `Tuner.restore` read a snapshot that loads whole. Ray uploads its snapshot files by
+    rewriting them in place, so a disk that fills during an upload (or a kill) can leave a
+    session's files cut short, and Ray would fail on them, or mix one session's trials with
+    another's search state. The newest session whose three files all load is kept; the files of
+    newer ones are set aside (renamed *.cut-short), as if those sessions had been killed before
+    their first snapshot (their trials reconcile as a killed driver's do). Returns a line saying
+    what was set aside, or None; ConfigError when nothing can be resumed."""
+    if not _whole(study_dir / layout.TUNER_STATE):
+        raise ConfigError(f"cannot resume {study_dir}: Ray's {layout.TUNER_STATE} there was cut "
+                          "short (a full disk, or a kill while it was written); start the study "
+                          "again under another --name")
+    sessions: dict[str, list[Path]] = {}
+    for pattern in SNAPSHOT_FILES:
+        prefix, suffix = pattern.split("*")
+        for path in study_dir.glob(pattern):
+            sessions.setdefault(path.name[len(prefix):-len(suffix)], []).append(path)
+    newest = sorted(sessions, reverse=True)
+    kept = next((s for s in newest
+                 if len(sessions[s]) == len(SNAPSHOT_FILES) and all(map(_whole, sessions[s]))),
+                None)
+    if kept is None:
+        raise ConfigError(f"cannot resume {study_dir}: no snapshot of Ray's experiment there loads "
+                          "whole (cut short by a full disk, or a kill while it was written); start "
+                          "the study again under another --name")
+    cut = [p for s in newest[:newest.index(kept)] for p in sessions[s]]
+    for path in cut:
+        path.rename(path.with_name(path.name + SET_ASIDE))
+    if not cut:
+        return None
+    return (f"Ray's snapshot of a later driver session was cut short (a full disk, or a kill): "
+            f"{', '.join(sorted(p.name for p in cut))} set aside as *{SET_ASIDE}; resuming from "
+            f"its snapshot of {kept}")
 
 
 def set_total_samples(study_dir: Path, total: int) -> None:

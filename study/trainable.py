@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from study.methods.base import Batches, DataInfo, EpochEnd, Method
 from study.metrics import accuracy, near_chance
 from study.outcome import DEGENERATE_KEY, DEGENERATE_REASON_KEY, DIVERGED_KEY, FINAL_KEY
 from study.sparsity import DenseReference, size_metrics
+
+if TYPE_CHECKING:
+    from study.terms import StudyTerms
 
 STATE_FILE = "state.pt"
 AUGMENT_STREAM = 1  # mixed with the trial's seed into the augmentation generator's seed
@@ -449,8 +452,13 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def run_trial(config: dict[str, Any], data: Dataset | None = None, checkpoint_every: float = 0.0) -> None:
-    """Ray Tune function trainable: resumes from Tune's checkpoint when there is one."""
+def run_trial(config: dict[str, Any], data: Dataset | None = None, checkpoint_every: float = 0.0,
+              terms: StudyTerms | None = None) -> None:
+    """Ray Tune function trainable: resumes from Tune's checkpoint when there is one. With the
+    study's `terms`, a config that departs from them (whatever state Ray restored it from) fails
+    the trial before anything is built or trained, naming the key."""
+    if terms is not None:
+        terms.check(config)
     from ray import tune
 
     checkpoint = tune.get_checkpoint()

@@ -72,7 +72,8 @@ def test_settings_prints_every_setting_of_a_trial_and_starts_nothing(tmp_path, c
             assert f" = {field.default!r}" in line and field.metadata["help"] in line, name
     # the default, then the admissible values: a range, a lower bound, choices
     assert "  chance_margin: float = 0.02, in [0.0, 1.0]: " in out
-    assert "  seed: int = 0, >= 0: " in out and "  device: str = 'auto', one of 'auto', 'cpu'" in out
+    assert "  batch_size: int = 128, >= 1: " in out and "  device: str = 'auto', one of 'auto', 'cpu'" in out
+    assert "  seed: int = 0, in [0, 4294967295]: " in out  # NumPy's seeds end there
     assert f"searched by search_spaces/{method}.yaml" in out
     assert not storage.exists()
     assert run_main("study.search", "gan", "--settings") == 2

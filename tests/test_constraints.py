@@ -76,7 +76,8 @@ def test_constraints_reach_optunas_samplers_and_best_trials():
     constraints = [parse_constraint("val_accuracy>=0.9")]
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     for sampler in (optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
-                    optuna.samplers.NSGAIISampler(seed=0, population_size=2)):
+                    optuna.samplers.NSGAIISampler(seed=0, population_size=2),
+                    optuna.samplers.GPSampler(seed=0, n_startup_trials=2)):
         study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
         for acc, sp in ((0.95, 0.5), (0.85, 0.99), (0.92, 0.6), (0.5, 0.999)):
             t = study.ask(dist)

@@ -64,3 +64,26 @@ def test_bench_sampler_specs_name_a_sampler_and_its_settings():
         "tpe", ["multivariate=true", "n_startup_trials=5"])
     with pytest.raises(ConfigError, match="'cmaes' is not a sampler"):
         sampler_spec("cmaes:x=1")
+
+
+def test_gp_sampler_searches_both_objectives_under_a_constraint(tmp_path):
+    """--sampler gp: Optuna's GPSampler behind the study's searcher, its model-based suggestions
+    after the start-up trials, each trial's constraint value told (what GPSampler reads)."""
+    import optuna
+
+    from study.constraints import parse_constraints
+
+    space = search.build_space(search.parse_args(["reparam"]))
+    searcher = search.make_searcher(space, tmp_path, "s", "gp", 0,
+                                    parse_constraints(["val_accuracy>=0.5"]),
+                                    search.sampler_settings("gp", ["n_startup_trials=2"]))
+    study = ray_compat.optuna_study(searcher)
+    assert type(study.sampler).__name__ == "GPSampler" and study.sampler._n_startup_trials == 2
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        lr = config["lr"]  # a made-up response: accuracy falls with the learning rate
+        searcher.on_trial_complete(f"t{i}", {"val_accuracy": 1 - 10 * lr, "sparsity": config["pruning_rate"],
+                                             "epoch": 1, "final": True, "test_accuracy": 0.5})
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 4
+    assert all(t.constraints == {"val_accuracy>=0.5": pytest.approx(0.5 - t.values[0])} for t in trials)
