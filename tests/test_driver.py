@@ -405,6 +405,8 @@ def _check_interrupted_and_resumed(run: dict, sig: signal.Signals) -> None:
     assert not run["ray_left"]
 
 
+@pytest.mark.slow  # a real study stopped and resumed (~60 s of the 2-core machine): the suite keeps
+# its parts (the lock's refusal, reconciliation, SIGTERM's handler = SIGINT's) in the tests above
 @pytest.mark.study("ctrl-c")
 def test_a_second_driver_is_refused_and_ctrl_c_then_resume_leave_optuna_and_ray_agreeing(studies):
     run = studies.result("ctrl-c")
