@@ -336,7 +336,8 @@ def test_table_i_marks_rows_outside_the_papers_band_and_pairs_the_cost_of_prunin
 
     def run(unpruned, pruned, curve):
         history = [{"phase": "train", "val_accuracy": a} for a in curve[:-4]] + [
-            {"phase": "head", "val_accuracy": a} for a in curve[-4:]] + [{"phase": "prune", "val_accuracy": 0.5}]
+            {"phase": "head", "val_accuracy": a} for a in curve[-4:]] + [
+            {"phase": "prune", "val_accuracy": 0.5}]
         return {"row": "vae-5", "test_unpruned": unpruned, "test_pruned": pruned, "bytes_unpruned": 260e3,
                 "bytes_pruned": 150e3, "vae/end/active_units": 16, "vae/end/kl": 7.0,
                 "vae/end/val_accuracy": 0.9, "history": history}
@@ -362,7 +363,8 @@ def test_dsprites_table_answers_mig_against_beta_and_the_cost_of_pruning():
 
     table = dsprites_markdown([run("vae-1", 0.05, 0.99, 0.90), run("vae-1", 0.07, 0.99, 0.91),
                                run("vae-10", 0.30, 0.98, 0.97), run("vae-10", 0.20, 0.98, 0.96)])
-    assert "| vae-10 | 2 | 0.250 +- 0.071 | 10.0 | 5.00 | 98.00 +- 0.00 | 96.50 +- 0.71 | -1.50 +- 0.71 |" in table
+    assert ("| vae-10 | 2 | 0.250 +- 0.071 | 10.0 | 5.00 | 98.00 +- 0.00 | 96.50 +- 0.71 "
+            "| -1.50 +- 0.71 |") in table
     # MIG rises with beta, and the runs with higher MIG lose less: both correlations +
     assert table.splitlines()[-1] == ("Over 4 runs, Spearman's rank correlation: MIG with beta +0.89; "
                                       "MIG with the cost of pruning +1.00")

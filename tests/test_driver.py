@@ -3,7 +3,8 @@ resumed with Optuna and Ray agreeing; and no trial run with a config other than 
 
 In-process checks (the lock, the config terms, reconciling, a cut-short snapshot, SIGTERM and a
 full disk reaching the driver) run on copies of the CLI's tiny study. On demand (`-m slow`, ~60 s
-of a 2-core machine each), the background study ("ctrl-c") runs a study through two real drivers: the first, while a second driver tries the same
+of a 2-core machine each), the background study ("ctrl-c") runs a study through two real drivers:
+the first, while a second driver tries the same
 study, is Ctrl-C'd mid-trial (SIGINT to its process group, as a terminal sends it); the second,
 `--resume`, finishes it; "stops" does the same with SIGTERM (as `kill` or a
 scheduler's time limit sends it) and then a full disk: the study lives on a small tmpfs (root can

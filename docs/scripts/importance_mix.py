@@ -2,13 +2,16 @@
 MLP 784-50-30-10 on 12,000 MNIST images, Adam 1e-3, batch 128, after 2 warm-up epochs; one
 measuring epoch (Alg. 1 steps 2-8) feeds the meters; then for each x: which neurons a 25% round
 removes, against pure C_avg (x=0) and pure C_max (x=1)."""
-import sys, json
-import numpy as np, torch
+import json
+import sys
+
+import numpy as np
+import torch
 import torch.nn.functional as F
-from study.data import load_dataset, batches
-from study.trainable import build_method
+
+from study.data import load_dataset
 from study.methods.importance import measuring
-from study.pruning import hidden_layers
+from study.trainable import build_method
 
 data = load_dataset("mnist", sys.argv[1] if len(sys.argv) > 1 else "../shared/data")
 xs = [0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]

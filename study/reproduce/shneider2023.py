@@ -37,7 +37,8 @@ PAPER_TABLE_I = {
 # improving (a pilot at 20 + 8: the VAE phase's validation accuracy gained 0.1-0.3 points over its
 # last 5 epochs, and the head phase's is flat within its noise; the table's slope column checks
 # each run): the Table I bench's default, so that the cost of pruning is not hidden by training
-# still going on; 2.5 (CNN) to 8 minutes a run on a shared core); `cpu`, 6 + 2 + 2 epochs (still improving: the fine-tuning epochs
+# still going on; 2.5 (CNN) to 8 minutes a run on a shared core); `cpu`, 6 + 2 + 2 epochs (still
+# improving: the fine-tuning epochs
 # gain in every row), and `short`, 3 + 1 + 1, the root-cause runs' schedule (docs/benchmarks.md).
 SCHEDULES = {
     "plateau": {"epochs": 15, "head_epochs": 8, "prune_epochs": 2, "train_subset": 12000},
@@ -291,7 +292,8 @@ def run(args: argparse.Namespace) -> None:
     for _, _, config in jobs:
         parse_config(config)  # every bad --set fails before anything runs
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // args.jobs))
-    print(f"shneider2023 {'Table I' if args.dataset == 'mnist' else 'MIG and pruning'}, {args.dataset}, schedule {args.schedule} ({SCHEDULES[args.schedule]}), "
+    what = "Table I" if args.dataset == "mnist" else "MIG and pruning"
+    print(f"shneider2023 {what}, {args.dataset}, schedule {args.schedule} ({SCHEDULES[args.schedule]}), "
           f"{len(jobs)} runs, {args.jobs} at a time, {threads} thread(s) each", flush=True)
     results = []
     ctx = multiprocessing.get_context("spawn")
