@@ -40,7 +40,6 @@ importances beside the front to the study's analysis run in its W&B group
 from __future__ import annotations
 
 import argparse
-import ast
 import math
 import sys
 import tempfile
@@ -98,19 +97,14 @@ def _quantile(text: str) -> float:
 # --- the search space -----------------------------------------------------------------------------
 
 def _distribution(text: str, where: str):
-    """One distribution as study.json records it, its repr (`FloatDistribution(high=20.0, log=True,
-    low=1.0, step=None)`): read back from its literal keyword arguments, never evaluated."""
-    import optuna.distributions as od
+    """One distribution as study.json records it (study.terms.read_distribution), or a StudyError
+    naming where it was read."""
+    from study.config import ConfigError
+    from study.terms import read_distribution
 
-    classes = {c.__name__: c for c in (od.FloatDistribution, od.IntDistribution,
-                                       od.CategoricalDistribution)}
     try:
-        call = ast.parse(text, mode="eval").body
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                and call.func.id in classes and not call.args):
-            raise ValueError(text)
-        return classes[call.func.id](**{k.arg: ast.literal_eval(k.value) for k in call.keywords})
-    except (SyntaxError, ValueError, TypeError):
+        return read_distribution(text)
+    except ConfigError:
         raise StudyError(f"{where}: cannot read the search distribution {text!r}") from None
 
 

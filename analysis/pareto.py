@@ -186,6 +186,19 @@ def kept_apart(df: pd.DataFrame, margin: float = CHANCE_MARGIN) -> pd.Series:
     return (df["status"] == "degenerate") | at_chance(df, margin)
 
 
+def draw_left_out(ax, data: pd.DataFrame, x: str, y: str, chance_margin: float):
+    """Draw the trials the fronts leave out: kept apart (degenerate / at chance) as grey crosses,
+    stopped at a rung as grey triangles. Returns both masks."""
+    apart = kept_apart(data, chance_margin)
+    if apart.any():
+        ax.scatter(data.loc[apart, x], data.loc[apart, y], s=30, marker="x", color="0.6", label=APART)
+    stopped = data["status"] == "stopped"
+    if stopped.any():
+        ax.scatter(data.loc[stopped, x], data.loc[stopped, y], s=22, marker="v", color="0.75",
+                   label=STOPPED)
+    return apart, stopped
+
+
 def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJECTIVES,
              chance_margin: float = CHANCE_MARGIN) -> None:
     import matplotlib
@@ -196,13 +209,7 @@ def plot_png(df: pd.DataFrame, table: pd.DataFrame, path: Path, objectives=OBJEC
     y, x = objectives
     fig, ax = plt.subplots(figsize=(7, 5))
     data = df.assign(front=front_names(df)).dropna(subset=list(objectives))  # as `fronts` names
-    apart = kept_apart(data, chance_margin)
-    if apart.any():
-        ax.scatter(data.loc[apart, x], data.loc[apart, y], s=30, marker="x", color="0.6", label=APART)
-    stopped = data["status"] == "stopped"
-    if stopped.any():
-        ax.scatter(data.loc[stopped, x], data.loc[stopped, y], s=22, marker="v", color="0.75",
-                   label=STOPPED)
+    apart, stopped = draw_left_out(ax, data, x, y, chance_margin)
     data = data[~apart & ~stopped]
     for i, (name, group) in enumerate(data.groupby("front")):
         color = f"C{i}"

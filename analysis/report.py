@@ -62,16 +62,14 @@ from analysis.compare import (
 )
 from analysis.hypervolume import hypervolume_curves
 from analysis.pareto import (
-    APART,
     INFEASIBLE,
-    STOPPED,
     add_chance_margin,
     at_chance,
     chance_line,
+    draw_left_out,
     fronts,
     group_names,
     is_feasible,
-    kept_apart,
     save_figure,
 )
 from analysis.results import CONFIG_PREFIX, StudyError, load_results, saved_line, study_info
@@ -197,13 +195,7 @@ def plot_front(trials: pd.DataFrame, rows: pd.DataFrame, points: pd.DataFrame, t
     fig, axes = _figure(5.8, 4.2)
     ax = axes[0][0]
     drawn = trials.dropna(subset=[x, y]) if {x, y} <= set(trials) else trials.iloc[:0]
-    apart = kept_apart(drawn, chance_margin)
-    if apart.any():
-        ax.scatter(drawn.loc[apart, x], drawn.loc[apart, y], s=30, marker="x", color="0.6", label=APART)
-    stopped = drawn["status"] == "stopped"
-    if stopped.any():
-        ax.scatter(drawn.loc[stopped, x], drawn.loc[stopped, y], s=22, marker="v", color="0.75",
-                   label=STOPPED)
+    apart, _ = draw_left_out(ax, drawn, x, y, chance_margin)
     off = (drawn["status"] == "complete") & ~is_feasible(drawn) & ~apart
     if off.any():
         ax.scatter(drawn.loc[off, x], drawn.loc[off, y], s=26, facecolors="none", edgecolors="0.4",
