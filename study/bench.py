@@ -189,6 +189,20 @@ def bench_throughput(args: argparse.Namespace) -> None:
                      f"{r['samples_per_second']:.0f} samples/s" for r in rows))
 
 
+def sampling_seconds(study_dir: Path) -> list[float]:
+    """The seconds the study's sampler took to suggest each trial, in trial order (trials from
+    before the searcher timed its suggestions are left out)."""
+    import optuna
+
+    from study import layout
+    from study.optuna_bridge import SAMPLING_SECONDS_ATTR
+
+    (name,) = optuna.get_all_study_names(layout.storage_url(study_dir))
+    study = optuna.load_study(study_name=name, storage=layout.storage_url(study_dir))
+    return [t.user_attrs[SAMPLING_SECONDS_ATTR] for t in study.get_trials(deepcopy=False)
+            if SAMPLING_SECONDS_ATTR in t.user_attrs]
+
+
 def sampler_spec(spec: str) -> tuple[str, list[str]]:
     """`NAME[:KEY=VALUE,...]` (bench samplers' --samplers): the sampler's name and its
     --sampler-arg assignments; ConfigError for an unknown name."""
@@ -225,6 +239,7 @@ def bench_samplers(args: argparse.Namespace, study_curves: Callable[[Path], Any]
                           *(a for kv in assignments for a in ("--sampler-arg", kv))]
     storage = Path(args.storage_dir or tempfile.mkdtemp(prefix="prunestudy-samplers-"))
     curves: dict[tuple[str, str], list] = {}
+    asking: dict[tuple[str, str], list[list[float]]] = {}  # sampling seconds per study, per trial
     for scheduler in args.schedulers:
         for sampler in args.samplers:
             for k in range(args.seeds):
@@ -239,6 +254,7 @@ def bench_samplers(args: argparse.Namespace, study_curves: Callable[[Path], Any]
                 if len(fronts) != 1:
                     raise SystemExit(f"study {name} has {len(fronts)} fronts; the bench compares one")
                 curves.setdefault((sampler, scheduler), []).append(c)
+                asking.setdefault((sampler, scheduler), []).append(sampling_seconds(storage / name))
     budget = min(c["epochs"].max() for runs in curves.values() for c in runs)
     table = {}
     for (sampler, scheduler), runs in curves.items():
@@ -272,10 +288,23 @@ def bench_samplers(args: argparse.Namespace, study_curves: Callable[[Path], Any]
                      "epoch_budget": int(budget),
                      "hypervolume_at_budget_mean": round(statistics.fmean(row["at_budget"]), 5),
                      "epochs_mean": round(statistics.fmean(row["epochs"]), 1),
-                     "seconds_mean": round(statistics.fmean(row["seconds"]), 1)})
+                     "seconds_mean": round(statistics.fmean(row["seconds"]), 1),
+                     **_sampling_row(asking[(sampler, scheduler)], args.trials)})
         print(json.dumps(rows[-1]))
     if reference:
         print(f"random search (fifo) reaches {target:.4f} after {args.trials} trials (mean)")
+
+
+def _sampling_row(per_study: list[list[float]], trials: int) -> dict[str, float | None]:
+    """Seconds the sampler took per suggestion, mean over the seeds' studies: over all trials, the
+    first 8 and the last 8 (a GP's fit grows with the trials it models)."""
+    def mean(part: list[list[float]]) -> float | None:
+        values = [v for study in part for v in study]
+        return round(statistics.fmean(values), 3) if values else None
+
+    return {"sampling_seconds_mean": mean(per_study),
+            "sampling_seconds_first_8": mean([s[:8] for s in per_study]),
+            f"sampling_seconds_last_8_of_{trials}": mean([s[-8:] for s in per_study])}
 
 
 def main(argv: list[str] | None = None, study_curves: Callable[[Path], Any] | None = None) -> int:
@@ -316,7 +345,7 @@ def main(argv: list[str] | None = None, study_curves: Callable[[Path], Any] | No
     m.add_argument("method", choices=sorted(METHODS))
     m.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"],
                    metavar="NAME[:KEY=VALUE,...]",
-                   help="samplers (tpe, nsga2, random), each with --sampler-arg settings if given: "
+                   help="samplers (tpe, gp, nsga2, random), each with --sampler-arg settings if given: "
                    "e.g. tpe:multivariate=true,n_startup_trials=5 nsga2:population_size=16")
     m.add_argument("--schedulers", nargs="+", default=["fifo"], choices=SCHEDULERS)
     m.add_argument("--trials", type=int, default=64, help="trials per study")

@@ -16,6 +16,7 @@ attribute of the instance, saved with OptunaSearch's state.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,22 @@ from study.metrics import OBJECTIVES, RUNG_OBJECTIVES, STOPPED_ATTR
 from study.outcome import DEGENERATE_REASON_KEY, RAY_TRIAL_ID_ATTR, is_final, outcome
 from study.scheduler import stopped_at
 
+SAMPLING_SECONDS_ATTR = "sampling_seconds"  # the seconds the sampler took to suggest the trial
+
 
 class LinkedOptunaSearch(OptunaSearch):
-    """OptunaSearch that records each Ray trial id on its Optuna trial, so the two agree; tells
+    """OptunaSearch that records each Ray trial id on its Optuna trial, so the two agree, and the
+    seconds its sampler took to suggest it (`sampling_seconds`); tells
     Optuna the study's constraints (study.constraints) and the trials MO-ASHA stopped."""
     study_constraints: list[Constraint] = []  # the study's, set by study.search (none in older studies)
 
     def suggest(self, trial_id: str) -> dict | None:
+        start = time.perf_counter()
         params = super().suggest(trial_id)
-        ray_compat.optuna_trial(self, trial_id).set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        seconds = time.perf_counter() - start  # the sampler's ask (a GP's fit grows with trials)
+        trial = ray_compat.optuna_trial(self, trial_id)
+        trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        trial.set_user_attr(SAMPLING_SECONDS_ATTR, round(seconds, 4))
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,

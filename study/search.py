@@ -37,7 +37,8 @@ from study.spaces import StudySpace, check_trials, load_space, parse_assignment
 # GP: Optuna's Gaussian-process sampler (multi-objective through log EHVI, constraints through the
 # trials' constraint values), for small budgets; its fit grows with the trials (docs/benchmarks.md).
 SAMPLERS = {"tpe": "TPESampler", "gp": "GPSampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}
-SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5}}
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5},
+                                               "gp": {"n_startup_trials": 5}}
 # the end-of-study summary of a study folder: analysis work, given by the composition root (study.cli)
 Summarize = Callable[[Path], str]
 SCHEDULERS = ("fifo", "mo-asha")  # mo-asha: multi-objective successive halving (study.scheduler)

@@ -87,3 +87,9 @@ def test_gp_sampler_searches_both_objectives_under_a_constraint(tmp_path):
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 4
     assert all(t.constraints == {"val_accuracy>=0.5": pytest.approx(0.5 - t.values[0])} for t in trials)
+    # each suggestion's sampling time is on its trial, read back as `bench samplers` reports it
+    from study.bench import sampling_seconds
+
+    asked = sampling_seconds(tmp_path)
+    assert len(asked) == 4 and all(s > 0 for s in asked)
+    assert max(asked[2:]) > max(asked[:2])  # the GP's fits cost more than the random start-up
