@@ -35,10 +35,12 @@ from study.spaces import StudySpace, check_trials, load_space, parse_assignment
 # and reparam studies against Optuna's defaults and multivariate TPE (docs/benchmarks.md, "Sampler
 # settings"). NSGA-II keeps Optuna's population of 50: 16 did no better than random search.
 # GP: Optuna's Gaussian-process sampler (multi-objective through log EHVI, constraints through the
-# trials' constraint values), for small budgets; its fit grows with the trials (docs/benchmarks.md).
+# trials' constraint values), for small budgets; its fit grows with the trials. 3 start-up trials:
+# fewer trials to random search's 64-trial hypervolume than with 5 (14 / 20 against 17 / 23 on
+# importance / reparam) and ahead of 5 after 8 (docs/benchmarks.md, "`--sampler gp`").
 SAMPLERS = {"tpe": "TPESampler", "gp": "GPSampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}
 SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5},
-                                               "gp": {"n_startup_trials": 5}}
+                                               "gp": {"n_startup_trials": 3}}
 # the end-of-study summary of a study folder: analysis work, given by the composition root (study.cli)
 Summarize = Callable[[Path], str]
 SCHEDULERS = ("fifo", "mo-asha")  # mo-asha: multi-objective successive halving (study.scheduler)
