@@ -211,7 +211,7 @@ def test_a_collapse_in_the_vae_phase_is_flagged_even_when_the_head_phase_recover
 
     from analysis.collapse import flag_collapse
 
-    common = {"train_subset": 2000, "batch_size": 32, "epochs": 1, "head_epochs": 2, "prune_epochs": 0,
+    common = {"train_subset": 1000, "batch_size": 32, "epochs": 1, "head_epochs": 2, "prune_epochs": 0,
               "layer_sparsity": 0.0, "lr": 3e-3}
     # beta 20 on a per-pixel reconstruction: the posterior falls onto the prior (the case)
     collapsed = []
@@ -317,9 +317,11 @@ def test_mig_is_high_for_latents_that_read_off_one_factor_each_and_near_zero_for
 def test_a_dsprites_trial_reports_mig_once_at_the_end_of_its_vae_phase(dsprites):
     from dataclasses import replace
 
-    # 500 validation and test images and 128 training ones keep the test fast (64x64 decoding is
-    # the cost); MIG's range and when it is reported do not depend on them
-    small = replace(dsprites, val_x=dsprites.val_x[:500], val_y=dsprites.val_y[:500],
+    # 1,000 training images (128 trained on), 500 validation and test ones keep the test fast
+    # (64x64 decoding is the cost); MIG's range and when it is reported do not depend on them
+    small = replace(dsprites, train_x=dsprites.train_x[:1000], train_y=dsprites.train_y[:1000],
+                    train_factors=dsprites.train_factors[:1000],
+                    val_x=dsprites.val_x[:500], val_y=dsprites.val_y[:500],
                     val_factors=dsprites.val_factors[:500], test_x=dsprites.test_x[:500],
                     test_y=dsprites.test_y[:500], test_factors=dsprites.test_factors[:500])
     reports = []
