@@ -64,11 +64,11 @@ def mnist(data_dir):
 
 @pytest.fixture(scope="session")
 def mnist_small(mnist):
-    """MNIST with 1,000 validation and 1,000 test images: for checks that hold whatever the
-    evaluation's size (determinism, resume, round trips, reported keys), evaluated in a sixth of
+    """MNIST with 500 validation and 500 test images: for checks that hold whatever the
+    evaluation's size (determinism, resume, round trips, reported keys), evaluated in a twelfth of
     the time (beta_vae's diagnostics decode the validation split)."""
-    return replace(mnist, val_x=mnist.val_x[:1000], val_y=mnist.val_y[:1000],
-                   test_x=mnist.test_x[:1000], test_y=mnist.test_y[:1000])
+    return replace(mnist, val_x=mnist.val_x[:500], val_y=mnist.val_y[:500],
+                   test_x=mnist.test_x[:500], test_y=mnist.test_y[:500])
 
 
 def tiny_config(**overrides):

@@ -38,7 +38,7 @@ def cifar_like() -> Dataset:
 
 
 def _config(**overrides):
-    return {"method": "reparam", "model": "lenet300", "dataset": "cifar10", "batch_size": 64,
+    return {"method": "magnitude", "model": "lenet300", "dataset": "cifar10", "batch_size": 64,
             "epochs": 3, "finetune_epochs": 0, "seed": 0, "degenerate_epochs": 0, **overrides}
 
 

@@ -104,7 +104,7 @@ def test_vae_reports_its_diagnostics_while_it_trains_and_at_phase_ends(mnist_sma
     assert 0 <= first["vae/active_units"] <= 3
     assert {"train/kl", "train/recon", "train/ce"} <= set(first)
     assert ["vae/kl" in m for m in reports] == [True, True, False, False, False]
-    # the decoder's pass once, where the VAE phase ends (mnist_small: 1,000 validation images,
+    # the decoder's pass once, where the VAE phase ends (mnist_small: 500 validation images,
     # all decoded; RECON_SAMPLES caps it at 2,000)
     assert ["vae/recon" in m for m in reports] == [False, True, False, False, False]
     assert 0 < reports[1]["vae/recon"] < 28 * 28 * math.log(2) + 1

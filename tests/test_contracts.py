@@ -23,7 +23,7 @@ table has one. Its declaration (study.methods.register) is checked here on its t
                 networks() holds the inference model; probe_model() changes no state and draws
                 no random numbers; a malformed declaration fails registration, saying what to add
 
-Tiny trials on `mnist_small` (1,000 validation images): none of these depends on sizes.
+Tiny trials on `mnist_small` (500 validation images): none of these depends on sizes.
 """
 from __future__ import annotations
 
