@@ -342,7 +342,7 @@ def log_to_wandb(table: pd.DataFrame, group: str, study_dir: Path, info: dict) -
 
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", tracking.DEFAULT_PROJECT),
                      group=study_dir.name, job_type="analysis", name=f"{study_dir.name}-compare",
-                     dir=str(study_dir), tags=[info.get("dataset", ""), group, "compare"],
+                     dir=str(study_dir), tags=tracking.run_tags(info.get("dataset"), group, "compare"),
                      reinit="finish_previous")
     run.log({"compare/fronts": wandb.Table(dataframe=table.reset_index(drop=True))})
     run.finish()

@@ -308,7 +308,8 @@ def log_to_wandb(table: pd.DataFrame, study_dir: Path, info: dict,
 
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", tracking.DEFAULT_PROJECT),
                      group=study_dir.name, job_type="analysis", name=f"{study_dir.name}-{kind}",
-                     dir=str(study_dir), tags=[info.get("method", ""), info.get("dataset", ""), kind],
+                     dir=str(study_dir),
+                     tags=tracking.run_tags(info.get("method"), info.get("dataset"), kind),
                      reinit="finish_previous",
                      settings=wandb.Settings(silent=True, x_disable_stats=True, disable_git=True,
                                              console="off"))

@@ -40,7 +40,10 @@ def study_info(study_dir: Path) -> dict[str, Any]:
         raise StudyError(f"study folder {study_dir} does not exist")
     if not (Path(study_dir) / layout.STUDY_JSON).exists():
         raise StudyError(f"{study_dir} is not a study folder (no {layout.STUDY_JSON})")
-    return layout.read_info(study_dir)
+    try:
+        return layout.read_info(study_dir)
+    except layout.StudyInfoError as e:
+        raise StudyError(str(e)) from None
 
 
 def _optuna_trials(study_dir: Path) -> dict[str, Any]:

@@ -102,8 +102,8 @@ def log_to_wandb(summary: pd.DataFrame, study_dir: Path, info: dict[str, Any]) -
 
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", tracking.DEFAULT_PROJECT),
                      group=study_dir.name, job_type="analysis", name=f"{study_dir.name}-robust",
-                     dir=str(study_dir), tags=[info.get("method", ""), info.get("dataset", ""),
-                                               "robust"], reinit="finish_previous")
+                     dir=str(study_dir), tags=tracking.run_tags(info.get("method"), info.get("dataset"),
+                                                            "robust"), reinit="finish_previous")
     run.log({"robust/front": wandb.Table(dataframe=summary.reset_index(drop=True))})
     run.finish()
     return mode

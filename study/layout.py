@@ -58,8 +58,19 @@ def resumable(study_dir: str | Path) -> bool:
     return (Path(study_dir) / STUDY_JSON).exists() and (Path(study_dir) / TUNER_STATE).exists()
 
 
+class StudyInfoError(ValueError):
+    """A study.json that cannot be read as a JSON object; one line naming it."""
+
+
 def read_info(study_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(study_dir) / STUDY_JSON).read_text())
+    path = Path(study_dir) / STUDY_JSON
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StudyInfoError(f"{path} cannot be read: {str(e).splitlines()[0]}") from None
+    if not isinstance(info, dict):
+        raise StudyInfoError(f"{path} is not a JSON object (a {type(info).__name__})")
+    return info
 
 
 def write_info(study_dir: str | Path, info: dict[str, Any]) -> None:

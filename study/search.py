@@ -403,13 +403,37 @@ def _create_study(study_dir: Path, info: dict[str, Any]) -> None:
     layout.write_info(study_dir, {k: v for k, v in info.items() if k != "space"})
 
 
+# what a resumed study reads from its study.json (_new_study writes it), and the types it takes
+RESUMED_INFO = {"name": str, "method": str, "dataset": str, "data_dir": str, "fixed": dict, "search": dict,
+                "sampler": str, "sampler_args": dict, "scheduler": str, "constraints": list, "seed": int,
+                "num_samples": int, "cpus_per_trial": (int, float), "gpus_per_trial": (int, float),
+                "checkpoint_every": (int, float), "argv": list}
+
+
+def _check_info(info: dict[str, Any], study_dir: Path) -> None:
+    """ConfigError naming the first key of study.json that is missing or of the wrong type."""
+    wanted = dict(RESUMED_INFO)
+    if info.get("scheduler") == "mo-asha":
+        wanted.update(grace_period=int, reduction_factor=(int, float))
+    for key, kind in wanted.items():
+        value = info.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found = "missing" if key not in info else f"{type(value).__name__} {value!r:.40}"
+            raise ConfigError(f"{study_dir / layout.STUDY_JSON}: {key!r} is {found}, not "
+                              f"{getattr(kind, '__name__', 'a number')}; the study cannot be resumed")
+
+
 def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:
     """Check an interrupted study can be resumed; nothing in it is modified here."""
     study_dir = Path(args.storage_dir).resolve() / args.resume
     if not layout.resumable(study_dir):
         raise ConfigError(f"{study_dir} is not a study folder that can be resumed "
                           f"(no {layout.STUDY_JSON} or {layout.TUNER_STATE})")
-    info = layout.read_info(study_dir)
+    try:
+        info = layout.read_info(study_dir)
+    except layout.StudyInfoError as e:
+        raise ConfigError(f"{e}; the study cannot be resumed") from None
+    _check_info(info, study_dir)
     if info["method"] != args.method:
         raise ConfigError(f"study {args.resume} ran method {info['method']!r}, not {args.method!r}")
     if args.num_samples is not None and args.num_samples < info["num_samples"]:

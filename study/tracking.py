@@ -18,6 +18,12 @@ from study import layout
 DEFAULT_PROJECT = "prunestudy"
 
 
+def run_tags(*values: Any) -> list[str]:
+    """W&B tags of a run: the values given, as text cut to 64 characters, empty ones left out (W&B
+    refuses a run whose tags are empty or longer: a `folder:` dataset's path can be)."""
+    return [str(v)[:64] for v in values if v not in (None, "")]
+
+
 def has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -88,7 +94,7 @@ def logger_callback(study_dir: Path, study_name: str, method: str, dataset: str)
 
             run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT), group=study_name,
-                tags=[method, dataset], dir=str(study_dir.resolve()), job_type="trial",
+                tags=run_tags(method, dataset), dir=str(study_dir.resolve()), job_type="trial",
                 id=trial_id, name=name, config=config, reinit="create_new", allow_val_change=True,
                 settings=wandb.Settings(silent=True, x_disable_stats=True, disable_git=True,
                                         console="off"))

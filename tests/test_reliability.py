@@ -359,3 +359,48 @@ def test_bad_input_never_touches_an_existing_study(tmp_path, data_dir, tiny_stud
     code = run_main("study.search", "beta_vae", "--storage-dir", str(blocked), "--data-dir", str(data_dir))
     assert code == 2 and "cannot write the study folder" in capsys.readouterr().err
     assert _digest(study_dir) == before
+
+
+def test_a_damaged_study_json_is_one_line_on_resume_and_in_analysis(tmp_path, data_dir, tiny_study, capsys):
+    """A study.json cut short, not JSON, not an object, missing a key or holding the wrong type:
+    --resume refuses it in one line (exit 2) before anything starts; pareto names it in one line."""
+    import json
+    import shutil
+
+    study_dir, _, _ = tiny_study
+    info = json.loads((study_dir / layout.STUDY_JSON).read_text())
+    text = (study_dir / layout.STUDY_JSON).read_text()
+    cases = {
+        "cut short": (text[:100], "cannot be read: "),  # and json's reason, at line and column
+        "not text": (b"\xc6\x00\xff", "cannot be read: 'utf-8' codec"),
+        "a list": ("[1, 2]", "is not a JSON object (a list)"),
+        "no method": (json.dumps({k: v for k, v in info.items() if k != "method"}),
+                      "'method' is missing, not str"),
+        "num_samples a word": (json.dumps({**info, "num_samples": "many"}),
+                               "'num_samples' is str 'many', not int"),
+        "num_samples true": (json.dumps({**info, "num_samples": True}), "'num_samples' is bool True"),
+    }
+    capsys.readouterr()
+    for what, (content, message) in cases.items():
+        damaged = tmp_path / what.replace(" ", "-")
+        shutil.copytree(study_dir, damaged, ignore=shutil.ignore_patterns("wandb", "trial_*", "analysis"))
+        path = damaged / layout.STUDY_JSON
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        before = _digest(damaged)
+        code = run_main("study.search", "beta_vae", "--resume", damaged.name, "--storage-dir",
+                        str(tmp_path), "--data-dir", str(data_dir))
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, (what, err[-2000:])
+        assert str(path) in err and message in err and "cannot be resumed" in err, (what, err)
+        assert _digest(damaged) == before, what
+        if what in ("cut short", "not text", "a list"):  # analysis reads study.json as a whole
+            code = run_main("analysis.pareto", str(damaged), "--no-wandb")
+            err = capsys.readouterr().err
+            assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (what, err)
+
+
+def test_wandb_tags_are_the_values_present_cut_to_64_characters():
+    from study.tracking import run_tags
+
+    long = "folder:/" + "x" * 100
+    assert run_tags("beta_vae", long, "", None, "pareto") == ["beta_vae", long[:64], "pareto"]
