@@ -460,9 +460,19 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, nodes: list[di
 
 
 def _local_node() -> dict[str, float]:
+    """The CPUs and GPUs a local Ray instance will have: Ray's own count of CPUs, which reads a
+    container's CPU quota (os.cpu_count gives the host's, and a trial sized to it would wait
+    forever); the process's CPU affinity where Ray's helper is missing."""
     import torch
 
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    try:
+        from ray._private.utils import get_num_cpus
+
+        cpus = float(get_num_cpus())
+    except (ImportError, AttributeError):
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count() or 1)
+    return {"CPU": cpus, "GPU": float(torch.cuda.device_count())}
 
 
 def _cluster_nodes() -> list[dict[str, float]]:
