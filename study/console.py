@@ -11,6 +11,9 @@ nohup file:
     [00:05:02] trial 3f2a1b00 complete: val 97.2% at sparsity 0.58 (test 97.0%)
     [00:05:02] front: 97.2% at 0.58 (3f2a1b00) | 96.1% at 0.80 (77c1d2e0)
 
+(a study whose trials differ in their dense network, such as beta_vae's latent_dim, prints one
+front per dense size, "front (69,450 dense parameters): ...").
+
 Status lines come every `every` seconds and whenever a trial ends; the front (validation accuracy
 against sparsity, complete trials away from chance accuracy) is printed whenever it changes.
 """
@@ -51,6 +54,27 @@ def decimals_apart(values: list[float], least: int, most: int = 6) -> int:
     return most
 
 
+def front_lines(points: dict[str, tuple[float, float, int | None]]) -> dict[int | None, str]:
+    """The fronts of complete trials, given as trial id -> (val accuracy, sparsity, dense
+    parameters): one per dense network (sparsity counts against it, so trials of different dense
+    sizes, such as beta_vae's latent_dim, are not one front), each a line of its points by falling
+    accuracy, the dense size named where the study holds several."""
+    groups: dict[int | None, list[str]] = {}
+    for trial_id, (_, _, dense) in points.items():
+        groups.setdefault(dense, []).append(trial_id)
+    lines = {}
+    for dense in sorted(groups, key=lambda d: (d is None, d or 0)):
+        ids = groups[dense]
+        front = [i for i, on in zip(ids, pareto_mask([points[i][:2] for i in ids]), strict=True) if on]
+        front.sort(key=lambda i: -points[i][0])
+        acc, sparsity = [100 * points[i][0] for i in front], [points[i][1] for i in front]
+        a, s = decimals_apart(acc, 1), decimals_apart(sparsity, 2)
+        name = f"front ({dense:,} dense parameters)" if len(groups) > 1 and dense else "front"
+        lines[dense] = f"{name}: " + " | ".join(
+            f"{v:.{a}f}% at {w:.{s}f} ({i})" for v, w, i in zip(acc, sparsity, front, strict=True))
+    return lines
+
+
 class StudyConsole(Callback):
     def __init__(self, searched: list[str], total_trials: int, every: float = 30.0):
         self.searched = searched  # (pickled with the experiment: no open file kept here)
@@ -59,8 +83,9 @@ class StudyConsole(Callback):
         self.start = self.last_status = time.monotonic()
         self.progress: dict[str, dict[str, Any]] = {}  # trial id -> its latest result
         self.ended: dict[str, str] = {}  # trial id -> how it ended
-        self.points: dict[str, tuple[float, float]] = {}  # complete trials: (val acc, sparsity)
-        self.front: list[str] = []
+        # complete trials: (val acc, sparsity, dense parameters)
+        self.points: dict[str, tuple[float, float, int | None]] = {}
+        self.fronts: dict[int | None, str] = {}  # dense parameters -> its front's line, as printed
         self.epoch_seconds: list[float] = []
 
     def _print(self, text: str) -> None:
@@ -94,7 +119,8 @@ class StudyConsole(Callback):
             # a point of the front unless at chance, by the trial's own measure (the trainable's)
             margin = trial.config.get("chance_margin", TrialConfig.chance_margin)
             if not near_chance(last["val_accuracy"], last["num_classes"], margin):
-                self.points[trial.trial_id] = (last["val_accuracy"], last["sparsity"])
+                self.points[trial.trial_id] = (last["val_accuracy"], last["sparsity"],
+                                               last.get("dense_params"))
         elif ended == "stopped":  # --scheduler mo-asha stopped it at a rung
             how = (f"stopped at rung epoch {last['epoch']}: probe val {last[RUNG_OBJECTIVES[0]]:.1%} "
                    f"at sparsity {last[RUNG_OBJECTIVES[1]]:.2f} (not in the rung's top)")
@@ -116,16 +142,11 @@ class StudyConsole(Callback):
             self._status(trials)
 
     def _show_front(self) -> None:
-        ids = list(self.points)
-        front = [i for i, on in zip(ids, pareto_mask([self.points[i] for i in ids]), strict=True) if on]
-        front.sort(key=lambda i: -self.points[i][0])
-        if front != self.front:
-            self.front = front
-            acc = [100 * self.points[i][0] for i in front]
-            sparsity = [self.points[i][1] for i in front]
-            a, s = decimals_apart(acc, 1), decimals_apart(sparsity, 2)
-            self._print("front: " + " | ".join(
-                f"{v:.{a}f}% at {w:.{s}f} ({i})" for v, w, i in zip(acc, sparsity, front, strict=True)))
+        fronts = front_lines(self.points)
+        for dense, line in fronts.items():  # the fronts that changed (all, when a second size appears)
+            if line != self.fronts.get(dense):
+                self._print(line)
+        self.fronts = fronts
 
     def _status(self, trials: list) -> None:
         self.last_status = time.monotonic()

@@ -104,3 +104,16 @@ def test_the_live_front_prints_as_many_digits_as_tell_its_points_apart():
     assert decimals_apart([0.31, 0.58, 0.64], 2) == 2
     assert decimals_apart([0.5, 0.5], 2) == 2  # equal values stay equal: no digits hunted for
     assert decimals_apart([0.1234567, 0.1234568], 2) == 6  # capped
+
+
+def test_the_live_view_prints_one_front_per_dense_network():
+    from study.console import front_lines
+
+    # the README study: latent_dim 8 and 16 are two dense networks, two fronts
+    points = {"a8": (0.9755, 0.31, 69_234), "b8": (0.9515, 0.76, 69_234), "c8": (0.95, 0.30, 69_234),
+              "a16": (0.9753, 0.58, 69_450), "b16": (0.9747, 0.64, 69_450)}
+    assert front_lines(points) == {
+        69_234: "front (69,234 dense parameters): 97.5% at 0.31 (a8) | 95.2% at 0.76 (b8)",
+        69_450: "front (69,450 dense parameters): 97.53% at 0.58 (a16) | 97.47% at 0.64 (b16)"}
+    one = {k: v for k, v in points.items() if k.endswith("8")}
+    assert front_lines(one) == {69_234: "front: 97.5% at 0.31 (a8) | 95.2% at 0.76 (b8)"}
