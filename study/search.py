@@ -404,23 +404,32 @@ def _create_study(study_dir: Path, info: dict[str, Any]) -> None:
 
 
 # what a resumed study reads from its study.json (_new_study writes it), and the types it takes
-RESUMED_INFO = {"name": str, "method": str, "dataset": str, "data_dir": str, "fixed": dict, "search": dict,
-                "sampler": str, "sampler_args": dict, "scheduler": str, "constraints": list, "seed": int,
-                "num_samples": int, "cpus_per_trial": (int, float), "gpus_per_trial": (int, float),
-                "checkpoint_every": (int, float), "argv": list}
+RESUMED_INFO = {"method": str, "dataset": str, "data_dir": str, "fixed": dict, "search": dict,
+                "scheduler": str, "num_samples": int, "cpus_per_trial": (int, float),
+                "gpus_per_trial": (int, float)}
+NUMBER = (int, float)
 
 
 def _check_info(info: dict[str, Any], study_dir: Path) -> None:
     """ConfigError naming the first key of study.json that is missing or of the wrong type."""
+    from study.terms import StudyTerms
+
     wanted = dict(RESUMED_INFO)
     if info.get("scheduler") == "mo-asha":
-        wanted.update(grace_period=int, reduction_factor=(int, float))
+        wanted.update(grace_period=int, reduction_factor=NUMBER)
+    if "checkpoint_every" in info:  # studies from before it was a setting have none
+        wanted["checkpoint_every"] = NUMBER
     for key, kind in wanted.items():
         value = info.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             found = "missing" if key not in info else f"{type(value).__name__} {value!r:.40}"
             raise ConfigError(f"{study_dir / layout.STUDY_JSON}: {key!r} is {found}, not "
-                              f"{getattr(kind, '__name__', 'a number')}; the study cannot be resumed")
+                              f"{'a number' if kind is NUMBER else kind.__name__}; the study cannot "
+                              "be resumed")
+    try:
+        StudyTerms.of(info)  # its searched distributions read back, never evaluated
+    except ConfigError as e:
+        raise ConfigError(f"{study_dir / layout.STUDY_JSON}: {e}; the study cannot be resumed") from None
 
 
 def _resumed_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Dataset]:

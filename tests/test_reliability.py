@@ -379,6 +379,8 @@ def test_a_damaged_study_json_is_one_line_on_resume_and_in_analysis(tmp_path, da
         "num_samples a word": (json.dumps({**info, "num_samples": "many"}),
                                "'num_samples' is str 'many', not int"),
         "num_samples true": (json.dumps({**info, "num_samples": True}), "'num_samples' is bool True"),
+        "a distribution not optunas": (json.dumps({**info, "search": {"beta": "__import__('os')"}}),
+                                       "cannot read the search distribution"),
     }
     capsys.readouterr()
     for what, (content, message) in cases.items():
