@@ -368,8 +368,8 @@ def test_a_damaged_study_json_is_one_line_on_resume_and_in_analysis(tmp_path, da
     import shutil
 
     study_dir, _, _ = tiny_study
-    info = json.loads((study_dir / layout.STUDY_JSON).read_text())
     text = (study_dir / layout.STUDY_JSON).read_text()
+    info = json.loads(text)
     cases = {
         "cut short": (text[:100], "cannot be read: "),  # and json's reason, at line and column
         "not text": (b"\xc6\x00\xff", "cannot be read: 'utf-8' codec"),
